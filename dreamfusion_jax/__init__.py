@@ -1,0 +1,1 @@
+"""DreamFusion in JAX."""

@@ -1,0 +1,1 @@
+"""Datasets: analytic synthetic scenes and the Blender nerf_synthetic loader."""

@@ -1,0 +1,27 @@
+"""Schedules: values as pure functions of the training step."""
+
+import jax.numpy as jnp
+
+
+def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_multiplier=0.01):
+  """Log-linear interpolation from `init` to `final` over `num_steps`, with a sine warm-up.
+
+  This is mip-NeRF's learning-rate schedule: during the first `warmup_steps` the value is also
+  multiplied by a factor rising smoothly from `warmup_multiplier` to 1.
+
+  Args:
+    step: int or int32 scalar, the current step.
+    init, final: positive floats, the values at step 0 and at `num_steps`.
+    num_steps: int > 0, the length of the schedule.
+    warmup_steps: int >= 0.
+    warmup_multiplier: float in (0, 1], the multiplier at step 0.
+
+  Returns:
+    float32 scalar.
+  """
+  progress = jnp.clip(step / num_steps, 0.0, 1.0)
+  value = jnp.exp(jnp.log(init) * (1.0 - progress) + jnp.log(final) * progress)
+  if warmup_steps > 0:
+    ramp = jnp.clip(step / warmup_steps, 0.0, 1.0)
+    value *= warmup_multiplier + (1.0 - warmup_multiplier) * jnp.sin(0.5 * jnp.pi * ramp)
+  return value
