@@ -4,11 +4,15 @@ Config fields are overridden with `--config.<field>=<value>`. Any bad input (unk
 type, impossible value, missing data) stops with one line naming it, before anything compiles.
 """
 
+import difflib
+import importlib.util
+import pathlib
 import re
 import sys
 
 from absl import app
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 from dreamfusion_jax import train
@@ -23,21 +27,54 @@ def _fail(message):
   sys.exit(2)
 
 
+def _config_file(argv):
+  """The value of --config in argv, or None."""
+  for i, arg in enumerate(argv):
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def _unknown_field(argv):
+  """(argument, field, suggestion) of the first --config.<path> override naming no field."""
+  path = _config_file(argv)
+  if not path or not pathlib.Path(path).is_file():
+    return None
+  spec = importlib.util.spec_from_file_location('_config_for_errors', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    match = re.match(r'--config\.([\w.]+)', arg)
+    if not match:
+      continue
+    node = config
+    for name in match.group(1).split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(name, options, n=1)
+        return arg, name, close[0] if close else None
+      node = node[name]
+  return None
+
+
 def _describe_flag_error(error, argv):
   """One line for a flag-parsing failure, naming the offending --config field."""
-  text = str(error).strip().strip('"').strip("'")
-  if isinstance(error, (AttributeError, KeyError)):
-    field = text.splitlines()[0].strip('"\' \\')
-    hint = ' '.join(line.strip() for line in text.splitlines()[1:])
-    args = [a for a in argv if re.match(rf'--config(\.\w+)*\.{re.escape(field)}(=|$)', a)]
-    where = f' (in {args[0]})' if args else ''
-    return (f'unknown config field {field!r}{where}; {hint or "check the spelling"}'
-            .replace('\\n', ' ').replace("\\'", "'"))
-  return text.replace('\n', ' ')
+  unknown = _unknown_field(argv) if isinstance(error, (AttributeError, KeyError)) else None
+  if unknown:
+    arg, field, suggestion = unknown
+    hint = f'did you mean {suggestion!r}?' if suggestion else 'see the fields of the config file'
+    return f'unknown config field {field!r} in {arg}: {hint}'
+  return ' '.join(str(error).split())
 
 
 def parse_flags(argv):
   """absl flag parsing that turns every failure into one clear line and exit status 2."""
+  config_file = _config_file(argv)
+  if config_file and not pathlib.Path(config_file.split(':')[0]).is_file():
+    _fail(f'--config {config_file}: no such file; pass one of configs/*.py')
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except

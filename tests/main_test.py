@@ -27,8 +27,10 @@ def error_line(result):
 
 
 @pytest.mark.parametrize('override, expected', [
-    ('--config.nmu_steps=5', ["unknown config field 'nmu_steps'", '--config.nmu_steps=5']),
-    ('--config.render.nera=1', ["unknown config field 'nera'", 'near']),
+    ('--config.nmu_steps=5', ["unknown config field 'nmu_steps' in --config.nmu_steps=5",
+                              "did you mean 'num_steps'?"]),
+    ('--config.render.nera=1', ["unknown config field 'nera' in --config.render.nera=1",
+                                "did you mean 'near'?"]),
     ('--config.optim.lr_init=fast', ['--config.optim.lr_init=fast', 'float']),
     ('--config.num_steps=1.5', ['--config.num_steps=1.5']),
     ('--config.optim.lr_init=-0.1', ['config.optim.lr_init=-0.1 must be > 0']),
@@ -58,6 +60,12 @@ def test_missing_data_path_and_file_workdir(tmp_path):
   assert 'is a file' in line
 
 
+def test_missing_config_file(tmp_path):
+  line = error_line(run_main('--config', 'configs/no_such_config.py', '--workdir',
+                             str(tmp_path / 'run')))
+  assert 'configs/no_such_config.py: no such file' in line
+
+
 def test_scene_without_test_split(tmp_path, small_scene):
   scene = tmp_path / 'scene'
   scene.mkdir()
@@ -82,3 +90,32 @@ def test_short_fit_reaches_psnr(small_scene, tmp_path):
   assert (workdir / 'renders' / 'test_000.png').is_file()
   assert (workdir / 'config.json').is_file()
   assert 'psnr=' in result.stderr  # The progress bar shows loss and PSNR.
+
+
+def test_local_launcher_passes_arguments(small_scene, tmp_path):
+  usage = subprocess.run(['bash', 'launch/local.sh'], cwd=REPO, capture_output=True, text=True)
+  assert usage.returncode == 2 and 'usage:' in usage.stderr
+  result = subprocess.run(
+      ['bash', 'launch/local.sh', 'configs/nerf_small.py', str(tmp_path / 'run'),
+       f'--config.data.path={small_scene}', '--config.optim.lr_final=0'],
+      cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert 'config.optim.lr_final=0' in error_line(result)
+
+
+@pytest.mark.slow
+def test_nerf_small_full_fit(tmp_path):
+  """The documented CPU fit: a fresh 100x100, 3-object scene reaches test PSNR >= 25 dB."""
+  scene = tmp_path / 'scene'
+  generate = subprocess.run(
+      [sys.executable, '-m', 'dreamfusion_jax.data.synthetic', '--out', str(scene),
+       '--seed', '11'], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert generate.returncode == 0, generate.stderr
+  workdir = tmp_path / 'run'
+  result = run_main('--config', 'configs/nerf_small.py', '--workdir', str(workdir),
+                    f'--config.data.path={scene}', timeout=1500)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((workdir / 'metrics.json').read_text())
+  assert metrics['steps'] == 1000
+  assert len(metrics['test_psnr_per_view']) == 16
+  assert metrics['test_psnr'] >= 25.0, metrics

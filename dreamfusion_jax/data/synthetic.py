@@ -27,615 +27,385 @@ import typing
 import numpy as np
 from PIL import Image
 
-KINDS = ("sphere", "box", "cylinder", "cone", "torus")
+from dreamfusion_jax.data import primitives as primitive_lib
+
 # Unit vector towards the light: from above and slightly to one side, so shading varies over every object.
 DEFAULT_LIGHT_DIR = (0.36, -0.48, 0.8)
-# Hits closer than this are ignored so a ray leaving a surface does not re-hit it.
-_MIN_T = 1e-6
 _VAL_AZIMUTH_OFFSET_DEG = 10.0
-
-Vec3 = typing.Tuple[float, float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class Sphere:
-    """Sphere with ``center`` (x, y, z), ``radius`` and RGB ``albedo`` in [0, 1]."""
-
-    center: Vec3
-    radius: float
-    albedo: Vec3
-    kind: typing.ClassVar[str] = "sphere"
-
-
-@dataclasses.dataclass(frozen=True)
-class Box:
-    """Box with ``center``, ``half_sizes`` (local x, y, z) rotated by ``angle`` radians about +z."""
-
-    center: Vec3
-    half_sizes: Vec3
-    angle: float
-    albedo: Vec3
-    kind: typing.ClassVar[str] = "box"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cylinder:
-    """Capped cylinder with axis along z through ``center``, ``radius`` and ``half_height``."""
-
-    center: Vec3
-    radius: float
-    half_height: float
-    albedo: Vec3
-    kind: typing.ClassVar[str] = "cylinder"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cone:
-    """Cone with base disc at ``base_center`` (``radius``) and apex ``height`` above it along +z."""
-
-    base_center: Vec3
-    radius: float
-    height: float
-    albedo: Vec3
-    kind: typing.ClassVar[str] = "cone"
-
-
-@dataclasses.dataclass(frozen=True)
-class Torus:
-    """Torus in the plane z = center[2], ring radius ``major_radius``, tube radius ``minor_radius``."""
-
-    center: Vec3
-    major_radius: float
-    minor_radius: float
-    albedo: Vec3
-    kind: typing.ClassVar[str] = "torus"
-
-
-Primitive = typing.Union[Sphere, Box, Cylinder, Cone, Torus]
-_CLASSES = {cls.kind: cls for cls in (Sphere, Box, Cylinder, Cone, Torus)}
-
-
-def _quadratic_roots(a, b, c):
-    """Both roots of a t^2 + 2 b t + c = 0 (all float64 [R]); NaN where none or a ~ 0."""
-    disc = b * b - a * c
-    sq = np.sqrt(np.where(disc >= 0.0, disc, np.nan))
-    safe_a = np.where(np.abs(a) > 1e-12, a, np.nan)
-    return (-b - sq) / safe_a, (-b + sq) / safe_a
-
-
-def _nearest(ts, normals):
-    """Nearest valid candidate per ray.
-
-    ts float64 [R, K] candidate parameters (NaN, inf or <= _MIN_T are invalid) and normals
-    float64 [R, K, 3] -> (t float64 [R], inf where none; n float64 [R, 3], zeros where none).
-    """
-    ts = np.where(np.isfinite(ts) & (ts > _MIN_T), ts, np.inf)
-    k = np.argmin(ts, axis=1)
-    rows = np.arange(ts.shape[0])
-    t = ts[rows, k]
-    n = normals[rows, k]
-    hit = np.isfinite(t)
-    return t, np.where(hit[:, None], np.nan_to_num(n), 0.0)
-
-
-def _normalize(v):
-    """Unit vectors along the last axis of float64 [..., 3] ``v`` (zero vectors stay zero)."""
-    norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(norm > 0.0, norm, 1.0)
-
-
-def intersect_sphere(origins, directions, center, radius):
-    """Intersect rays with a sphere.
-
-    Args: origins float [R, 3]; directions float [R, 3] (need not be unit); center float [3]; radius float.
-    Returns: t float64 [R], parameter of the first hit (point = o + t d), inf where missed;
-      normals float64 [R, 3], unit outward normals, zeros where missed. Same returns for all intersect_*.
-    """
-    o = np.asarray(origins, np.float64) - np.asarray(center, np.float64)
-    d = np.asarray(directions, np.float64)
-    t0, t1 = _quadratic_roots(np.sum(d * d, -1), np.sum(o * d, -1), np.sum(o * o, -1) - radius**2)
-    ts = np.stack([t0, t1], axis=1)
-    normals = (o[:, None] + ts[..., None] * d[:, None]) / radius
-    return _nearest(ts, normals)
-
-
-def _rotation_z(angle):
-    """float64 [3, 3] rotation by ``angle`` radians about +z."""
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def intersect_box(origins, directions, center, half_sizes, angle):
-    """Intersect rays with a box rotated about z (slab method in the box frame).
-
-    Args: origins float [R, 3]; directions float [R, 3]; center float [3]; half_sizes float [3] half
-      extents along the box's local x, y, z; angle float rotation about +z in radians.
-    Returns: t float64 [R] (exit face if the origin is inside), normals float64 [R, 3]; see intersect_sphere.
-    """
-    rot = _rotation_z(angle)
-    # Row vectors times rot == rot.T @ v, i.e. world -> box frame.
-    o = (np.asarray(origins, np.float64) - np.asarray(center, np.float64)) @ rot
-    d = np.asarray(directions, np.float64) @ rot
-    # Zero components would give 0/0 on a slab boundary; a tiny signed value keeps the slab logic exact.
-    d = np.where(np.abs(d) < 1e-12, np.where(d < 0, -1e-12, 1e-12), d)
-    h = np.asarray(half_sizes, np.float64)
-    t_a, t_b = (-h - o) / d, (h - o) / d
-    t_min, t_max = np.minimum(t_a, t_b), np.maximum(t_a, t_b)
-    t_enter, t_exit = t_min.max(axis=1), t_max.min(axis=1)
-    inside = t_enter <= _MIN_T
-    hit = t_exit >= np.maximum(t_enter, _MIN_T)
-    t = np.where(hit, np.where(inside, t_exit, t_enter), np.inf)
-    axis = np.where(inside, t_max.argmin(axis=1), t_min.argmax(axis=1))
-    rows = np.arange(o.shape[0])
-    d_axis = d[rows, axis]
-    n_local = np.zeros_like(o)
-    n_local[rows, axis] = np.where(inside, np.sign(d_axis), -np.sign(d_axis))
-    normals = np.where(hit[:, None], n_local @ rot.T, 0.0)
-    return t, normals
-
-
-def _disc_candidate(o, d, plane_z, radius):
-    """Hit parameter float64 [R] of rays with the disc z = plane_z, x^2 + y^2 <= radius^2 (NaN if none)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (plane_z - o[:, 2]) / d[:, 2]
-        x, y = o[:, 0] + t * d[:, 0], o[:, 1] + t * d[:, 1]
-    return np.where(x * x + y * y <= radius**2, t, np.nan)
-
-
-def intersect_cylinder(origins, directions, center, radius, half_height):
-    """Intersect rays with a capped cylinder whose axis is parallel to z.
-
-    Args: origins float [R, 3]; directions float [R, 3]; center float [3] middle of the axis;
-      radius float; half_height float half the length along z.
-    Returns: t float64 [R], normals float64 [R, 3] (radial on the side, +-z on caps); see intersect_sphere.
-    """
-    o = np.asarray(origins, np.float64) - np.asarray(center, np.float64)
-    d = np.asarray(directions, np.float64)
-    a = d[:, 0] ** 2 + d[:, 1] ** 2
-    b = o[:, 0] * d[:, 0] + o[:, 1] * d[:, 1]
-    c = o[:, 0] ** 2 + o[:, 1] ** 2 - radius**2
-    sides = np.stack(_quadratic_roots(a, b, c), axis=1)
-    z = o[:, 2:3] + sides * d[:, 2:3]
-    sides = np.where(np.abs(z) <= half_height, sides, np.nan)
-    side_points = o[:, None] + sides[..., None] * d[:, None]
-    side_normals = side_points * np.array([1.0, 1.0, 0.0]) / radius
-    top = _disc_candidate(o, d, half_height, radius)
-    bottom = _disc_candidate(o, d, -half_height, radius)
-    ts = np.concatenate([sides, top[:, None], bottom[:, None]], axis=1)
-    cap_normals = np.broadcast_to(np.array([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]]), (o.shape[0], 2, 3))
-    return _nearest(ts, np.concatenate([side_normals, cap_normals], axis=1))
-
-
-def intersect_cone(origins, directions, base_center, radius, height):
-    """Intersect rays with an apex-up cone with a base cap.
-
-    Args: origins float [R, 3]; directions float [R, 3]; base_center float [3] centre of the base disc
-      (apex at base_center + (0, 0, height)); radius float base radius; height float.
-    Returns: t float64 [R], normals float64 [R, 3]; see intersect_sphere.
-    """
-    apex = np.asarray(base_center, np.float64) + np.array([0.0, 0.0, height])
-    o = np.asarray(origins, np.float64) - apex
-    d = np.asarray(directions, np.float64)
-    k2 = (radius / height) ** 2
-    a = d[:, 0] ** 2 + d[:, 1] ** 2 - k2 * d[:, 2] ** 2
-    b = o[:, 0] * d[:, 0] + o[:, 1] * d[:, 1] - k2 * o[:, 2] * d[:, 2]
-    c = o[:, 0] ** 2 + o[:, 1] ** 2 - k2 * o[:, 2] ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # A ray parallel to a generator line (a == 0) meets the double cone once.
-        linear = np.where(np.abs(a) <= 1e-12, -c / (2.0 * b), np.nan)
-    sides = np.stack([*_quadratic_roots(a, b, c), linear], axis=1)
-    z = o[:, 2:3] + sides * d[:, 2:3]
-    # Only the lower nappe between apex and base is the solid's surface.
-    sides = np.where((z <= 0.0) & (z >= -height), sides, np.nan)
-    p = o[:, None] + sides[..., None] * d[:, None]
-    side_normals = _normalize(p * np.array([1.0, 1.0, 0.0]) - k2 * p[..., 2:3] * np.array([0.0, 0.0, 1.0]))
-    base = _disc_candidate(o, d, -height, radius)
-    ts = np.concatenate([sides, base[:, None]], axis=1)
-    base_normals = np.broadcast_to(np.array([0.0, 0.0, -1.0]), (o.shape[0], 1, 3))
-    return _nearest(ts, np.concatenate([side_normals, base_normals], axis=1))
-
-
-def torus_sdf(points, major_radius, minor_radius):
-    """Exact signed distance float64 [R] of float [R, 3] ``points`` to a torus centred at the origin in the xy plane."""
-    rho = np.hypot(points[:, 0], points[:, 1])
-    return np.hypot(rho - major_radius, points[:, 2]) - minor_radius
-
-
-def _torus_normals(points, major_radius):
-    """Unit outward normals float64 [R, 3] of a torus at the origin, at float [R, 3] surface ``points``."""
-    rho = np.hypot(points[:, 0], points[:, 1])
-    ring = points * np.array([1.0, 1.0, 0.0]) * (major_radius / np.where(rho > 0.0, rho, 1.0))[:, None]
-    return _normalize(points - ring)
-
-
-def intersect_torus(origins, directions, center, major_radius, minor_radius, max_steps=300, tolerance=1e-7):
-    """Intersect rays with a torus lying in a plane of constant z.
-
-    Sphere tracing of the exact signed distance (never steps past the first
-    hit), restricted to rays meeting the bounding sphere and compacted to the
-    still-marching rays each step, followed by two Newton steps along the ray
-    so the hit distance is accurate to far below 1e-4. Ray origins must lie
-    outside the torus.
-
-    Args: origins float [R, 3]; directions float [R, 3]; center float [3]; major_radius float from the
-      centre to the tube's centre line; minor_radius float tube radius; max_steps int marching steps
-      (rays still marching afterwards are misses); tolerance float surface distance that stops marching.
-    Returns: t float64 [R], normals float64 [R, 3]; see intersect_sphere.
-    """
-    o = np.asarray(origins, np.float64) - np.asarray(center, np.float64)
-    d_raw = np.asarray(directions, np.float64)
-    d_len = np.linalg.norm(d_raw, axis=-1)
-    d = d_raw / d_len[:, None]
-    bound = major_radius + minor_radius
-    b = np.sum(o * d, -1)
-    disc = b * b - (np.sum(o * o, -1) - bound**2)
-    t_exit = np.where(disc > 0.0, -b + np.sqrt(np.maximum(disc, 0.0)), -np.inf)
-    s = np.maximum(-b - np.sqrt(np.maximum(disc, 0.0)), 0.0)
-    active = np.flatnonzero(t_exit > 0.0)
-    hit = np.zeros(o.shape[0], bool)
-    for _ in range(max_steps):
-        if active.size == 0:
-            break
-        dist = torus_sdf(o[active] + s[active, None] * d[active], major_radius, minor_radius)
-        done = dist < tolerance
-        hit[active[done]] = True
-        s[active] += np.where(done, 0.0, dist)
-        active = active[~done & (s[active] <= t_exit[active])]
-    idx = np.flatnonzero(hit)
-    for _ in range(2):
-        p = o[idx] + s[idx, None] * d[idx]
-        slope = np.sum(_torus_normals(p, major_radius) * d[idx], -1)
-        # Near-grazing hits are already within tolerance / |slope|; a Newton step there could overshoot.
-        safe = np.where(np.abs(slope) > 1e-3, slope, np.inf)
-        s[idx] -= torus_sdf(p, major_radius, minor_radius) / safe
-    normals = np.zeros_like(o)
-    normals[idx] = _torus_normals(o[idx] + s[idx, None] * d[idx], major_radius)
-    t = np.where(hit, s / d_len, np.inf)
-    return t, normals
-
-
-def intersect_primitive(primitive, origins, directions):
-    """Dispatch to the ``intersect_<kind>`` function of ``primitive``; same arguments and returns."""
-    p = primitive
-    if isinstance(p, Sphere):
-        return intersect_sphere(origins, directions, p.center, p.radius)
-    if isinstance(p, Box):
-        return intersect_box(origins, directions, p.center, p.half_sizes, p.angle)
-    if isinstance(p, Cylinder):
-        return intersect_cylinder(origins, directions, p.center, p.radius, p.half_height)
-    if isinstance(p, Cone):
-        return intersect_cone(origins, directions, p.base_center, p.radius, p.height)
-    if isinstance(p, Torus):
-        return intersect_torus(origins, directions, p.center, p.major_radius, p.minor_radius)
-    raise TypeError(f"unknown primitive type {type(p).__name__}")
 
 
 def _rays_near_sphere(origins, directions, center, radius):
-    """int [K] indices of rays (float64 [R, 3] origins, unit directions) meeting a sphere ahead of the origin."""
-    o = origins - center
-    b = np.einsum("ij,ij->i", o, directions)
-    disc = b * b - (np.einsum("ij,ij->i", o, o) - radius**2)
-    return np.flatnonzero((disc >= 0.0) & (b < np.sqrt(np.maximum(disc, 0.0))))
+  """int [K] indices of rays (float64 [R, 3] origins, unit directions) meeting a sphere ahead of the origin."""
+  o = origins - center
+  b = np.einsum('ij,ij->i', o, directions)
+  disc = b * b - (np.einsum('ij,ij->i', o, o) - radius**2)
+  return np.flatnonzero((disc >= 0.0) & (b < np.sqrt(np.maximum(disc, 0.0))))
 
 
-def render_rays(primitives, origins, directions, light_dir=DEFAULT_LIGHT_DIR, ambient=0.3, diffuse=0.7):
-    """Shade the nearest hit of each ray over all primitives.
+def render_rays(
+  primitives, origins, directions, light_dir=DEFAULT_LIGHT_DIR, ambient=0.3, diffuse=0.7
+):
+  """Shade the nearest hit of each ray over all primitives.
 
-    Args: primitives sequence of Sphere/Box/Cylinder/Cone/Torus; origins float [R, 3] (or [3]);
-      directions float [R, 3] (normalised here); light_dir float [3] towards the light (normalised
-      here); ambient float; diffuse float Lambertian weight.
-    Returns: rgb float32 [R, 3] = albedo * (ambient + diffuse * max(0, n . light_dir)) clipped to [0, 1],
-      0 where missed; hit bool [R]; depth float32 [R] distance to the hit, inf where missed.
-    """
-    d = _normalize(np.asarray(directions, np.float64).reshape(-1, 3))
-    o = np.broadcast_to(np.asarray(origins, np.float64), d.shape)
-    best_t = np.full(d.shape[0], np.inf)
-    best_n = np.zeros_like(d)
-    best_albedo = np.zeros_like(d)
-    for prim in primitives:
-        # Only rays meeting the bounding sphere can hit; the exact tests run on that small subset.
-        center, radius = bounding_sphere(prim)
-        idx = _rays_near_sphere(o, d, center, 1.001 * radius + 1e-6)
-        t, n = intersect_primitive(prim, o[idx], d[idx])
-        closer = t < best_t[idx]
-        idx, t, n = idx[closer], t[closer], n[closer]
-        best_t[idx], best_n[idx], best_albedo[idx] = t, n, np.asarray(prim.albedo, np.float64)
-    shade = ambient + diffuse * np.maximum(best_n @ _normalize(np.asarray(light_dir, np.float64)), 0.0)
-    hit = np.isfinite(best_t)
-    rgb = np.where(hit[:, None], np.clip(best_albedo * shade[:, None], 0.0, 1.0), 0.0)
-    return rgb.astype(np.float32), hit, best_t.astype(np.float32)
+  Args: primitives sequence of primitive_lib.* dataclasses; origins float [R, 3] (or [3]);
+    directions float [R, 3] (normalised here); light_dir float [3] towards the light (normalised
+    here); ambient float; diffuse float Lambertian weight.
+  Returns: rgb float32 [R, 3] = albedo * (ambient + diffuse * max(0, n . light_dir)) clipped to [0, 1],
+    0 where missed; hit bool [R]; depth float32 [R] distance to the hit, inf where missed.
+  """
+  d = primitive_lib.normalize(np.asarray(directions, np.float64).reshape(-1, 3))
+  o = np.broadcast_to(np.asarray(origins, np.float64), d.shape)
+  best_t = np.full(d.shape[0], np.inf)
+  best_n = np.zeros_like(d)
+  best_albedo = np.zeros_like(d)
+  for prim in primitives:
+    # Only rays meeting the bounding sphere can hit; the exact tests run on that small subset.
+    center, radius = primitive_lib.bounding_sphere(prim)
+    idx = _rays_near_sphere(o, d, center, 1.001 * radius + 1e-6)
+    t, n = primitive_lib.intersect_primitive(prim, o[idx], d[idx])
+    closer = t < best_t[idx]
+    idx, t, n = idx[closer], t[closer], n[closer]
+    best_t[idx], best_n[idx], best_albedo[idx] = t, n, np.asarray(prim.albedo, np.float64)
+  shade = ambient + diffuse * np.maximum(
+    best_n @ primitive_lib.normalize(np.asarray(light_dir, np.float64)), 0.0
+  )
+  hit = np.isfinite(best_t)
+  rgb = np.where(hit[:, None], np.clip(best_albedo * shade[:, None], 0.0, 1.0), 0.0)
+  return rgb.astype(np.float32), hit, best_t.astype(np.float32)
 
 
 def camera_rays(c2w, focal, height, width, supersample=1):
-    """World-space rays through evenly spaced sub-pixel centres (s x s per pixel at offsets (k + 0.5) / s).
+  """World-space rays through evenly spaced sub-pixel centres (s x s per pixel at offsets (k + 0.5) / s).
 
-    Args: c2w float [4, 4] camera-to-world (OpenGL); focal float pixels; height, width int H, W;
-      supersample int s.
-    Returns: origins float64 [H*s*W*s, 3] (the camera centre); directions float64 [H*s*W*s, 3],
-      unnormalised, row-major over the (H*s, W*s) grid of sub-pixels.
-    """
-    c2w = np.asarray(c2w, np.float64)
-    offsets = (np.arange(supersample) + 0.5) / supersample
-    xs = (np.arange(width)[:, None] + offsets[None, :]).reshape(-1)
-    ys = (np.arange(height)[:, None] + offsets[None, :]).reshape(-1)
-    x, y = np.meshgrid(xs, ys)
-    d_cam = np.stack([(x - 0.5 * width) / focal, -(y - 0.5 * height) / focal, -np.ones_like(x)], axis=-1)
-    directions = d_cam.reshape(-1, 3) @ c2w[:3, :3].T
-    return np.broadcast_to(c2w[:3, 3], directions.shape).copy(), directions
+  Args: c2w float [4, 4] camera-to-world (OpenGL); focal float pixels; height, width int H, W;
+    supersample int s.
+  Returns: origins float64 [H*s*W*s, 3] (the camera centre); directions float64 [H*s*W*s, 3],
+    unnormalised, row-major over the (H*s, W*s) grid of sub-pixels.
+  """
+  c2w = np.asarray(c2w, np.float64)
+  offsets = (np.arange(supersample) + 0.5) / supersample
+  xs = (np.arange(width)[:, None] + offsets[None, :]).reshape(-1)
+  ys = (np.arange(height)[:, None] + offsets[None, :]).reshape(-1)
+  x, y = np.meshgrid(xs, ys)
+  d_cam = np.stack(
+    [(x - 0.5 * width) / focal, -(y - 0.5 * height) / focal, -np.ones_like(x)], axis=-1
+  )
+  directions = d_cam.reshape(-1, 3) @ c2w[:3, :3].T
+  return np.broadcast_to(c2w[:3, 3], directions.shape).copy(), directions
 
 
-def render_view(primitives, c2w, focal, height, width, light_dir=DEFAULT_LIGHT_DIR, ambient=0.3, diffuse=0.7,
-                supersample=2):
-    """Render an anti-aliased RGBA image.
+def render_view(
+  primitives,
+  c2w,
+  focal,
+  height,
+  width,
+  light_dir=DEFAULT_LIGHT_DIR,
+  ambient=0.3,
+  diffuse=0.7,
+  supersample=2,
+):
+  """Render an anti-aliased RGBA image.
 
-    Args: primitives sequence; c2w float [4, 4] camera-to-world (OpenGL); focal float pixels;
-      height, width int H, W; light_dir, ambient, diffuse as in render_rays; supersample int s,
-      s x s rays per pixel averaged with premultiplied alpha.
-    Returns: float32 [H, W, 4] straight (not premultiplied) RGBA in [0, 1]; alpha is coverage and
-      RGB is 0 where alpha is 0.
-    """
-    s = int(supersample)
-    origins, directions = camera_rays(c2w, focal, height, width, s)
-    rgb, hit, _ = render_rays(primitives, origins, directions, light_dir, ambient, diffuse)
-    # rgb is already 0 on misses, so averaging it gives the premultiplied colour.
-    fine = np.concatenate([rgb, hit.astype(np.float32)[:, None]], axis=1)
-    rgba = fine.reshape(height, s, width, s, 4).mean(axis=(1, 3))
-    a = rgba[..., 3:]
-    rgba[..., :3] = np.where(a > 0.0, rgba[..., :3] / np.where(a > 0.0, a, 1.0), 0.0)
-    return np.clip(rgba, 0.0, 1.0).astype(np.float32)
+  Args: primitives sequence; c2w float [4, 4] camera-to-world (OpenGL); focal float pixels;
+    height, width int H, W; light_dir, ambient, diffuse as in render_rays; supersample int s,
+    s x s rays per pixel averaged with premultiplied alpha.
+  Returns: float32 [H, W, 4] straight (not premultiplied) RGBA in [0, 1]; alpha is coverage and
+    RGB is 0 where alpha is 0.
+  """
+  s = int(supersample)
+  origins, directions = camera_rays(c2w, focal, height, width, s)
+  rgb, hit, _ = render_rays(primitives, origins, directions, light_dir, ambient, diffuse)
+  # rgb is already 0 on misses, so averaging it gives the premultiplied colour.
+  fine = np.concatenate([rgb, hit.astype(np.float32)[:, None]], axis=1)
+  rgba = fine.reshape(height, s, width, s, 4).mean(axis=(1, 3))
+  a = rgba[..., 3:]
+  rgba[..., :3] = np.where(a > 0.0, rgba[..., :3] / np.where(a > 0.0, a, 1.0), 0.0)
+  return np.clip(rgba, 0.0, 1.0).astype(np.float32)
 
 
 def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)):
-    """Camera-to-world float64 [4, 4] for a camera at ``eye`` [3] looking at ``target`` [3].
+  """Camera-to-world float64 [4, 4] for a camera at ``eye`` [3] looking at ``target`` [3].
 
-    Columns of the rotation are camera right (+x), camera up (+y) and the
-    backward direction (+z, the camera looks down -z); ``up`` [3] is the world up.
-    """
-    eye = np.asarray(eye, np.float64)
-    forward = _normalize(np.asarray(target, np.float64) - eye)
-    right = np.cross(forward, np.asarray(up, np.float64))
-    if np.linalg.norm(right) < 1e-9:
-        raise ValueError("look_at: viewing direction is parallel to the up vector; move the camera off the pole")
-    right = _normalize(right)
-    cam_up = np.cross(right, forward)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, cam_up, -forward, eye
-    return c2w
+  Columns of the rotation are camera right (+x), camera up (+y) and the
+  backward direction (+z, the camera looks down -z); ``up`` [3] is the world up.
+  """
+  eye = np.asarray(eye, np.float64)
+  forward = primitive_lib.normalize(np.asarray(target, np.float64) - eye)
+  right = np.cross(forward, np.asarray(up, np.float64))
+  if np.linalg.norm(right) < 1e-9:
+    raise ValueError(
+      'look_at: viewing direction is parallel to the up vector; move the camera off the pole'
+    )
+  right = primitive_lib.normalize(right)
+  cam_up = np.cross(right, forward)
+  c2w = np.eye(4)
+  c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, cam_up, -forward, eye
+  return c2w
 
 
 def orbit_pose(radius, elevation_deg, azimuth_deg):
-    """float64 [4, 4] c2w of a camera at float ``radius``, ``elevation_deg``, ``azimuth_deg`` looking at the origin."""
-    el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
-    eye = radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-    return look_at(eye)
+  """float64 [4, 4] c2w of a camera at float ``radius``, ``elevation_deg``, ``azimuth_deg`` looking at the origin."""
+  el, az = math.radians(elevation_deg), math.radians(azimuth_deg)
+  eye = radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+  return look_at(eye)
 
 
 def sample_train_poses(rng, n, radius=4.0, min_elevation_deg=10.0, max_elevation_deg=70.0):
-    """Random cameras on the upper hemisphere looking at the origin with world up +z.
+  """Random cameras on the upper hemisphere looking at the origin with world up +z.
 
-    Args: rng np.random.Generator; n int N; radius float distance to the origin;
-      min_elevation_deg, max_elevation_deg float elevation range in degrees.
-    Returns: float64 [N, 4, 4] camera-to-world, uniform in area over the zone (sin(elevation) uniform).
-    """
-    lo, hi = math.sin(math.radians(min_elevation_deg)), math.sin(math.radians(max_elevation_deg))
-    elevations = np.degrees(np.arcsin(rng.uniform(lo, hi, n)))
-    azimuths = rng.uniform(0.0, 360.0, n)
-    return np.stack([orbit_pose(radius, e, a) for e, a in zip(elevations, azimuths)]).reshape(n, 4, 4)
+  Args: rng np.random.Generator; n int N; radius float distance to the origin;
+    min_elevation_deg, max_elevation_deg float elevation range in degrees.
+  Returns: float64 [N, 4, 4] camera-to-world, uniform in area over the zone (sin(elevation) uniform).
+  """
+  lo, hi = math.sin(math.radians(min_elevation_deg)), math.sin(math.radians(max_elevation_deg))
+  elevations = np.degrees(np.arcsin(rng.uniform(lo, hi, n)))
+  azimuths = rng.uniform(0.0, 360.0, n)
+  return np.stack([orbit_pose(radius, e, a) for e, a in zip(elevations, azimuths)]).reshape(n, 4, 4)
 
 
 def ring_poses(n, radius=4.0, elevation_deg=30.0, azimuth_offset_deg=0.0):
-    """float64 [N, 4, 4] c2w of int ``n`` cameras on a ring (float ``radius``, ``elevation_deg``), aimed at the origin.
+  """float64 [N, 4, 4] c2w of int ``n`` cameras on a ring (float ``radius``, ``elevation_deg``), aimed at the origin.
 
-    Azimuths are evenly spaced starting at float ``azimuth_offset_deg`` (degrees).
-    """
-    azimuths = azimuth_offset_deg + 360.0 * np.arange(n) / n
-    return np.stack([orbit_pose(radius, elevation_deg, a) for a in azimuths]).reshape(n, 4, 4)
+  Azimuths are evenly spaced starting at float ``azimuth_offset_deg`` (degrees).
+  """
+  azimuths = azimuth_offset_deg + 360.0 * np.arange(n) / n
+  return np.stack([orbit_pose(radius, elevation_deg, a) for a in azimuths]).reshape(n, 4, 4)
 
 
 def focal_from_fov(width, camera_angle_x):
-    """Focal length in pixels (float) for int ``width`` and horizontal field of view ``camera_angle_x`` (radians)."""
-    return 0.5 * width / math.tan(0.5 * camera_angle_x)
+  """Focal length in pixels (float) for int ``width`` and horizontal field of view ``camera_angle_x`` (radians)."""
+  return 0.5 * width / math.tan(0.5 * camera_angle_x)
 
 
 def distinct_colours(rng, n):
-    """float64 [n, 3] bright saturated RGB colours with hues evenly spread around the colour wheel."""
-    hues = (rng.uniform() + np.arange(n) / max(n, 1)) % 1.0
-    return np.array([colorsys.hsv_to_rgb(h, 0.85, 0.95) for h in rng.permutation(hues)]).reshape(n, 3)
+  """float64 [n, 3] bright saturated RGB colours with hues evenly spread around the colour wheel."""
+  hues = (rng.uniform() + np.arange(n) / max(n, 1)) % 1.0
+  return np.array([colorsys.hsv_to_rgb(h, 0.85, 0.95) for h in rng.permutation(hues)]).reshape(n, 3)
 
 
 def place_spheres(rng, radii, container_radius=1.0, z_extent=0.6, max_tries=500):
-    """Rejection-sample non-overlapping spheres inside a container sphere around the origin.
+  """Rejection-sample non-overlapping spheres inside a container sphere around the origin.
 
-    Args: rng np.random.Generator; radii float [K]; container_radius float; z_extent float, centres
-      have |z| <= max(z_extent - radius, 0.1) so objects sit near z = 0; max_tries int tries per
-      sphere before all radii shrink by 10 %.
-    Returns: centres float64 [K, 3]; radii float64 [K] (possibly shrunk so that everything fits).
-    """
-    radii = np.asarray(radii, np.float64)
-    while True:
-        centres = []
-        for r in radii:
-            for _ in range(max_tries):
-                reach = container_radius - r
-                c = np.array([*rng.uniform(-reach, reach, 2), rng.uniform(-1.0, 1.0) * max(z_extent - r, 0.1)])
-                inside = np.linalg.norm(c) + r <= container_radius
-                apart = all(np.linalg.norm(c - c2) >= r + r2 for c2, r2 in zip(centres, radii))
-                if inside and apart:
-                    centres.append(c)
-                    break
-            else:
-                break
-        if len(centres) == len(radii):
-            return np.array(centres).reshape(-1, 3), radii
-        radii = 0.9 * radii
+  Args: rng np.random.Generator; radii float [K]; container_radius float; z_extent float, centres
+    have |z| <= max(z_extent - radius, 0.1) so objects sit near z = 0; max_tries int tries per
+    sphere before all radii shrink by 10 %.
+  Returns: centres float64 [K, 3]; radii float64 [K] (possibly shrunk so that everything fits).
+  """
+  radii = np.asarray(radii, np.float64)
+  while True:
+    centres = []
+    for r in radii:
+      for _ in range(max_tries):
+        reach = container_radius - r
+        c = np.array(
+          [*rng.uniform(-reach, reach, 2), rng.uniform(-1.0, 1.0) * max(z_extent - r, 0.1)]
+        )
+        inside = np.linalg.norm(c) + r <= container_radius
+        apart = all(np.linalg.norm(c - c2) >= r + r2 for c2, r2 in zip(centres, radii))
+        if inside and apart:
+          centres.append(c)
+          break
+      else:
+        break
+    if len(centres) == len(radii):
+      return np.array(centres).reshape(-1, 3), radii
+    radii = 0.9 * radii
 
 
 def make_primitive(kind, rng, center, bound, albedo):
-    """Primitive of str ``kind`` with bounding sphere (float [3] ``center``, float ``bound``), float [3] ``albedo``.
+  """Primitive of str ``kind`` with bounding sphere (float [3] ``center``, float ``bound``), float [3] ``albedo``.
 
-    Proportions (aspect ratios, box rotation) are drawn from np.random.Generator ``rng``.
-    """
-    c, bound = tuple(float(v) for v in center), float(bound)
-    col = tuple(float(v) for v in albedo)
-    if kind == "sphere":
-        return Sphere(c, float(bound), col)
-    if kind == "box":
-        dims = rng.uniform(0.5, 1.0, 3)
-        half = bound * dims / np.linalg.norm(dims)
-        return Box(c, tuple(float(v) for v in half), float(rng.uniform(0.0, 0.5 * math.pi)), col)
-    if kind == "cylinder":
-        q = rng.uniform(0.6, 1.4)  # radius / half-height
-        hh = bound / math.sqrt(1.0 + q * q)
-        return Cylinder(c, float(q * hh), float(hh), col)
-    if kind == "cone":
-        q = rng.uniform(0.5, 1.0)  # base radius / half-height; bounding sphere centred at mid-height
-        half_h = bound / math.sqrt(1.0 + q * q)
-        return Cone((c[0], c[1], c[2] - half_h), float(q * half_h), float(2.0 * half_h), col)
-    if kind == "torus":
-        ratio = rng.uniform(0.3, 0.45)  # minor / major
-        major = bound / (1.0 + ratio)
-        return Torus(c, float(major), float(ratio * major), col)
-    raise ValueError(f"unknown primitive kind {kind!r}; expected one of {', '.join(KINDS)}")
-
-
-def bounding_sphere(primitive):
-    """(centre float64 [3], radius float) of a sphere enclosing ``primitive``."""
-    p = primitive
-    if isinstance(p, Sphere):
-        return np.array(p.center), p.radius
-    if isinstance(p, Box):
-        return np.array(p.center), float(np.linalg.norm(p.half_sizes))
-    if isinstance(p, Cylinder):
-        return np.array(p.center), math.hypot(p.radius, p.half_height)
-    if isinstance(p, Cone):
-        return np.array(p.base_center) + [0.0, 0.0, 0.5 * p.height], math.hypot(p.radius, 0.5 * p.height)
-    if isinstance(p, Torus):
-        return np.array(p.center), p.major_radius + p.minor_radius
-    raise TypeError(f"unknown primitive type {type(p).__name__}")
+  Proportions (aspect ratios, box rotation) are drawn from np.random.Generator ``rng``.
+  """
+  c, bound = tuple(float(v) for v in center), float(bound)
+  col = tuple(float(v) for v in albedo)
+  if kind == 'sphere':
+    return primitive_lib.Sphere(c, float(bound), col)
+  if kind == 'box':
+    dims = rng.uniform(0.5, 1.0, 3)
+    half = bound * dims / np.linalg.norm(dims)
+    return primitive_lib.Box(
+      c, tuple(float(v) for v in half), float(rng.uniform(0.0, 0.5 * math.pi)), col
+    )
+  if kind == 'cylinder':
+    q = rng.uniform(0.6, 1.4)  # radius / half-height
+    hh = bound / math.sqrt(1.0 + q * q)
+    return primitive_lib.Cylinder(c, float(q * hh), float(hh), col)
+  if kind == 'cone':
+    q = rng.uniform(0.5, 1.0)  # base radius / half-height; bounding sphere centred at mid-height
+    half_h = bound / math.sqrt(1.0 + q * q)
+    return primitive_lib.Cone(
+      (c[0], c[1], c[2] - half_h), float(q * half_h), float(2.0 * half_h), col
+    )
+  if kind == 'torus':
+    ratio = rng.uniform(0.3, 0.45)  # minor / major
+    major = bound / (1.0 + ratio)
+    return primitive_lib.Torus(c, float(major), float(ratio * major), col)
+  raise ValueError(
+    f'unknown primitive kind {kind!r}; expected one of {", ".join(primitive_lib.KINDS)}'
+  )
 
 
 def random_scene(rng, num_objects=3):
-    """List of int ``num_objects`` primitives of distinct kinds (when <= 5) and distinct bright colours.
+  """List of int ``num_objects`` primitives of distinct kinds (when <= 5) and distinct bright colours.
 
-    Bounding radii are drawn in [0.25, 0.5] (shrunk if they cannot be packed); bounding spheres do
-    not overlap and lie inside the unit sphere with centres near z = 0. ``rng`` np.random.Generator.
-    """
-    if num_objects <= len(KINDS):
-        kinds = list(rng.permutation(KINDS)[:num_objects])
-    else:
-        kinds = list(rng.choice(KINDS, num_objects))
-    colours = distinct_colours(rng, num_objects)
-    # Big objects first: they are the hardest to place.
-    radii = np.sort(rng.uniform(0.25, 0.5, num_objects))[::-1]
-    centres, radii = place_spheres(rng, radii)
-    return [make_primitive(k, rng, c, r, col) for k, c, r, col in zip(kinds, centres, radii, colours)]
+  Bounding radii are drawn in [0.25, 0.5] (shrunk if they cannot be packed); bounding spheres do
+  not overlap and lie inside the unit sphere with centres near z = 0. ``rng`` np.random.Generator.
+  """
+  if num_objects <= len(primitive_lib.KINDS):
+    kinds = list(rng.permutation(primitive_lib.KINDS)[:num_objects])
+  else:
+    kinds = list(rng.choice(primitive_lib.KINDS, num_objects))
+  colours = distinct_colours(rng, num_objects)
+  # Big objects first: they are the hardest to place.
+  radii = np.sort(rng.uniform(0.25, 0.5, num_objects))[::-1]
+  centres, radii = place_spheres(rng, radii)
+  return [make_primitive(k, rng, c, r, col) for k, c, r, col in zip(kinds, centres, radii, colours)]
 
 
 def primitive_to_dict(primitive):
-    """JSON-ready dict ``{"kind": str, <field>: value, ...}`` of a primitive."""
-    fields = dataclasses.asdict(primitive)
-    return {"kind": primitive.kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}}
+  """JSON-ready dict ``{"kind": str, <field>: value, ...}`` of a primitive."""
+  fields = dataclasses.asdict(primitive)
+  return {
+    'kind': primitive.kind,
+    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()},
+  }
 
 
 def primitive_from_dict(d):
-    """Primitive rebuilt from a ``primitive_to_dict`` dict."""
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "kind"}
-    if d.get("kind") not in _CLASSES:
-        raise ValueError(f"unknown primitive kind {d.get('kind')!r}; expected one of {', '.join(KINDS)}")
-    return _CLASSES[d["kind"]](**fields)
+  """Primitive rebuilt from a ``primitive_to_dict`` dict."""
+  fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != 'kind'}
+  if d.get('kind') not in primitive_lib.CLASSES_BY_KIND:
+    raise ValueError(
+      f'unknown primitive kind {d.get("kind")!r}; expected one of {", ".join(primitive_lib.KINDS)}'
+    )
+  return primitive_lib.CLASSES_BY_KIND[d['kind']](**fields)
 
 
 def load_scene(path):
-    """List of primitives read from a ``scene.json`` written by ``write_scene`` (``path`` str or Path)."""
-    data = json.loads(pathlib.Path(path).read_text())
-    return [primitive_from_dict(p) for p in data["primitives"]]
+  """List of primitives read from a ``scene.json`` written by ``write_scene`` (``path`` str or Path)."""
+  data = json.loads(pathlib.Path(path).read_text())
+  return [primitive_from_dict(p) for p in data['primitives']]
 
 
 def _write_png(path, rgba):
-    """Save float [H, W, 4] RGBA in [0, 1] as an 8-bit RGBA PNG at ``path``."""
-    Image.fromarray(np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
+  """Save float [H, W, 4] RGBA in [0, 1] as an 8-bit RGBA PNG at ``path``."""
+  Image.fromarray(np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)).save(path)
 
 
-def write_scene(out_dir, primitives, resolution=100, num_train=100, num_val=8, num_test=16, camera_angle_x=0.6911,
-                seed=0, light_dir=DEFAULT_LIGHT_DIR, ambient=0.3, diffuse=0.7, supersample=2):
-    """Render a scene into a Blender ``nerf_synthetic``-layout folder.
+def write_scene(
+  out_dir,
+  primitives,
+  resolution=100,
+  num_train=100,
+  num_val=8,
+  num_test=16,
+  camera_angle_x=0.6911,
+  seed=0,
+  light_dir=DEFAULT_LIGHT_DIR,
+  ambient=0.3,
+  diffuse=0.7,
+  supersample=2,
+):
+  """Render a scene into a Blender ``nerf_synthetic``-layout folder.
 
-    Writes ``{train,val,test}/r_<k>.png`` (RGBA, transparent background),
-    ``transforms_<split>.json`` ({"camera_angle_x", "frames": [{"file_path": "./<split>/r_<k>",
-    "transform_matrix": 4x4}]}) and ``scene.json`` (primitives, shading, camera settings).
+  Writes ``{train,val,test}/r_<k>.png`` (RGBA, transparent background),
+  ``transforms_<split>.json`` ({"camera_angle_x", "frames": [{"file_path": "./<split>/r_<k>",
+  "transform_matrix": 4x4}]}) and ``scene.json`` (primitives, shading, camera settings).
 
-    Args: out_dir str or Path (created); primitives sequence; resolution int H = W; num_train,
-      num_val, num_test int views per split; camera_angle_x float horizontal field of view (radians);
-      seed int seed of the random training poses (val and test are fixed rings at different
-      azimuth offsets); light_dir, ambient, diffuse, supersample as in render_view.
-    Returns: dict split -> float64 [N, 4, 4] camera-to-world matrices written.
-    """
-    out = pathlib.Path(out_dir)
-    focal = focal_from_fov(resolution, camera_angle_x)
-    poses = {
-        # A stream separate from the one random_scene may have used with the same seed.
-        "train": sample_train_poses(np.random.default_rng((seed, 1)), num_train),
-        "val": ring_poses(num_val, azimuth_offset_deg=_VAL_AZIMUTH_OFFSET_DEG),
-        "test": ring_poses(num_test),
-    }
-    for split, c2ws in poses.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        frames = []
-        for k, c2w in enumerate(c2ws):
-            rgba = render_view(primitives, c2w, focal, resolution, resolution, light_dir, ambient, diffuse, supersample)
-            _write_png(out / split / f"r_{k}.png", rgba)
-            frames.append({"file_path": f"./{split}/r_{k}", "transform_matrix": c2w.tolist()})
-        meta = {"camera_angle_x": float(camera_angle_x), "frames": frames}
-        (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
-    scene = {"primitives": [primitive_to_dict(p) for p in primitives], "light_dir": [float(v) for v in light_dir],
-             "ambient": float(ambient), "diffuse": float(diffuse), "resolution": int(resolution),
-             "camera_angle_x": float(camera_angle_x), "seed": int(seed)}
-    (out / "scene.json").write_text(json.dumps(scene, indent=2))
-    return poses
+  Args: out_dir str or Path (created); primitives sequence; resolution int H = W; num_train,
+    num_val, num_test int views per split; camera_angle_x float horizontal field of view (radians);
+    seed int seed of the random training poses (val and test are fixed rings at different
+    azimuth offsets); light_dir, ambient, diffuse, supersample as in render_view.
+  Returns: dict split -> float64 [N, 4, 4] camera-to-world matrices written.
+  """
+  out = pathlib.Path(out_dir)
+  focal = focal_from_fov(resolution, camera_angle_x)
+  poses = {
+    # A stream separate from the one random_scene may have used with the same seed.
+    'train': sample_train_poses(np.random.default_rng((seed, 1)), num_train),
+    'val': ring_poses(num_val, azimuth_offset_deg=_VAL_AZIMUTH_OFFSET_DEG),
+    'test': ring_poses(num_test),
+  }
+  for split, c2ws in poses.items():
+    (out / split).mkdir(parents=True, exist_ok=True)
+    frames = []
+    for k, c2w in enumerate(c2ws):
+      rgba = render_view(
+        primitives, c2w, focal, resolution, resolution, light_dir, ambient, diffuse, supersample
+      )
+      _write_png(out / split / f'r_{k}.png', rgba)
+      frames.append({'file_path': f'./{split}/r_{k}', 'transform_matrix': c2w.tolist()})
+    meta = {'camera_angle_x': float(camera_angle_x), 'frames': frames}
+    (out / f'transforms_{split}.json').write_text(json.dumps(meta, indent=2))
+  scene = {
+    'primitives': [primitive_to_dict(p) for p in primitives],
+    'light_dir': [float(v) for v in light_dir],
+    'ambient': float(ambient),
+    'diffuse': float(diffuse),
+    'resolution': int(resolution),
+    'camera_angle_x': float(camera_angle_x),
+    'seed': int(seed),
+  }
+  (out / 'scene.json').write_text(json.dumps(scene, indent=2))
+  return poses
 
 
 def _parser():
-    """argparse.ArgumentParser of the command line interface."""
-    p = argparse.ArgumentParser(prog="python -m dreamfusion_jax.data.synthetic",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output folder (nerf_synthetic layout)")
-    p.add_argument("--resolution", type=int, default=100, help="image height and width in pixels (>= 8)")
-    p.add_argument("--num_objects", type=int, default=3, help="number of primitives (1 to 5)")
-    p.add_argument("--num_train", type=int, default=100, help="training views (>= 1)")
-    p.add_argument("--num_val", type=int, default=8, help="validation views (>= 1)")
-    p.add_argument("--num_test", type=int, default=16, help="test views (>= 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the scene and training poses")
-    return p
+  """argparse.ArgumentParser of the command line interface."""
+  p = argparse.ArgumentParser(
+    prog='python -m dreamfusion_jax.data.synthetic', description=__doc__.splitlines()[0]
+  )
+  p.add_argument('--out', required=True, help='output folder (nerf_synthetic layout)')
+  p.add_argument(
+    '--resolution', type=int, default=100, help='image height and width in pixels (>= 8)'
+  )
+  p.add_argument('--num_objects', type=int, default=3, help='number of primitives (1 to 5)')
+  p.add_argument('--num_train', type=int, default=100, help='training views (>= 1)')
+  p.add_argument('--num_val', type=int, default=8, help='validation views (>= 1)')
+  p.add_argument('--num_test', type=int, default=16, help='test views (>= 1)')
+  p.add_argument('--seed', type=int, default=0, help='seed of the scene and training poses')
+  return p
 
 
 def _check_args(args):
-    """First problem with parsed ``args`` as a one-line message, or None."""
-    if args.resolution < 8:
-        return f"--resolution must be at least 8, got {args.resolution}"
-    if not 1 <= args.num_objects <= len(KINDS):
-        return f"--num_objects must be between 1 and {len(KINDS)}, got {args.num_objects}"
-    for name in ("num_train", "num_val", "num_test"):
-        if getattr(args, name) < 1:
-            return f"--{name} must be at least 1, got {getattr(args, name)}"
-    return None
+  """First problem with parsed ``args`` as a one-line message, or None."""
+  if args.resolution < 8:
+    return f'--resolution must be at least 8, got {args.resolution}'
+  if not 1 <= args.num_objects <= len(primitive_lib.KINDS):
+    return f'--num_objects must be between 1 and {len(primitive_lib.KINDS)}, got {args.num_objects}'
+  for name in ('num_train', 'num_val', 'num_test'):
+    if getattr(args, name) < 1:
+      return f'--{name} must be at least 1, got {getattr(args, name)}'
+  return None
 
 
 def main(argv=None):
-    """Command line entry point; ``argv`` list of str (defaults to sys.argv[1:]). Returns exit status 0."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    problem = _check_args(args)
-    if problem:
-        parser.error(problem)
-    start = time.perf_counter()
-    primitives = random_scene(np.random.default_rng(args.seed), args.num_objects)
-    write_scene(args.out, primitives, resolution=args.resolution, num_train=args.num_train, num_val=args.num_val,
-                num_test=args.num_test, seed=args.seed)
-    kinds = ", ".join(p.kind for p in primitives)
-    print(f"wrote {args.num_train}/{args.num_val}/{args.num_test} views of [{kinds}] to {args.out} "
-          f"in {time.perf_counter() - start:.1f}s")
-    return 0
+  """Command line entry point; ``argv`` list of str (defaults to sys.argv[1:]). Returns exit status 0."""
+  parser = _parser()
+  args = parser.parse_args(argv)
+  problem = _check_args(args)
+  if problem:
+    parser.error(problem)
+  start = time.perf_counter()
+  primitives = random_scene(np.random.default_rng(args.seed), args.num_objects)
+  write_scene(
+    args.out,
+    primitives,
+    resolution=args.resolution,
+    num_train=args.num_train,
+    num_val=args.num_val,
+    num_test=args.num_test,
+    seed=args.seed,
+  )
+  kinds = ', '.join(p.kind for p in primitives)
+  print(
+    f'wrote {args.num_train}/{args.num_val}/{args.num_test} views of [{kinds}] to {args.out} '
+    f'in {time.perf_counter() - start:.1f}s'
+  )
+  return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == '__main__':
+  raise SystemExit(main())
