@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     'pytest>=8.0',
+    'torch>=2.1',  # PyTorch diffusers/transformers models for the parity tests.
 ]
 
 setuptools.setup(
