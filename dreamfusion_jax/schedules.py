@@ -25,3 +25,20 @@ def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_mu
     ramp = jnp.clip(step / warmup_steps, 0.0, 1.0)
     value *= warmup_multiplier + (1.0 - warmup_multiplier) * jnp.sin(0.5 * jnp.pi * ramp)
   return value
+
+
+def linear(step, *, start, end, num_steps):
+  """Linear interpolation from `start` (step 0) to `end` (step >= num_steps); constant if equal.
+
+  Used for the guidance scale (DreamFusion: constant 100) and annealed loss weights.
+
+  Args:
+    step: int or int32 scalar.
+    start, end: floats.
+    num_steps: int > 0.
+
+  Returns:
+    float32 scalar.
+  """
+  progress = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
+  return jnp.asarray(start + (end - start) * progress, jnp.float32)
