@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     'imageio[ffmpeg]>=2.31',
     'tqdm>=4.66',
     'tensorboardX>=2.6',
+    'scikit-image>=0.19',  # Marching cubes.
+    'trimesh>=4.0',  # GLB, OBJ and PLY export.
 ]
 
 TEST_REQUIRES = [

@@ -83,6 +83,7 @@ def time_sds(name, diffusion, width, tokens, repeats):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sd21', action='store_true', help='also time the SD-2.1-base shape')
+  parser.add_argument('--skip_tiny', action='store_true', help='only the SD-2.1-base shape')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--repeats', type=int, default=20)
   args = parser.parse_args()
@@ -93,7 +94,7 @@ def main():
   print('| model | dtype | image px | compile s | sds_grad ms |')
   print('| --- | --- | --- | --- | --- |')
   with tempfile.TemporaryDirectory() as tmp:
-    for pixel in (False, True):
+    for pixel in () if args.skip_tiny else (False, True):
       folder = pathlib.Path(tmp) / ('pixel' if pixel else 'latent')
       tiny_models.save_flax_model(folder, pixel=pixel)
       diffusion = guidance.Diffusion.from_pretrained(folder, dtype=dtype)

@@ -15,6 +15,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from dreamfusion_jax import export
 from dreamfusion_jax import train
 from dreamfusion_jax.data import blender
 
@@ -92,7 +93,7 @@ def main(argv):
   del argv
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (train.ConfigError, blender.SceneError) as e:
+  except (train.ConfigError, blender.SceneError, export.ExportError, FloatingPointError) as e:
     _fail(str(e))
 
 

@@ -20,44 +20,23 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from dreamfusion_jax import camera
+from dreamfusion_jax import checkpoint
+from dreamfusion_jax import export
+from dreamfusion_jax import guidance
+from dreamfusion_jax import losses
+from dreamfusion_jax import models
 from dreamfusion_jax import nerf
 from dreamfusion_jax import render
 from dreamfusion_jax import schedules
+from dreamfusion_jax import shading
+from dreamfusion_jax import steps
 from dreamfusion_jax.data import blender
 
-METHODS = ('nerf',)
+METHODS = ('nerf', 'dreamfusion')
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and what to change."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training, as one pytree.
-
-  Attributes:
-    step: int32 scalar, steps taken.
-    params: the NeRF's variables.
-    opt_state: the Optax state.
-    key: the run's base PRNG key; step keys are fold_in(key, step).
-  """
-  step: jax.Array
-  params: flax.core.FrozenDict
-  opt_state: optax.OptState
-  key: jax.Array
-
-
-@flax.struct.dataclass
-class PosedPixels:
-  """Every training pixel as a ray with its colour.
-
-  Attributes:
-    rays: camera.Rays [N].
-    rgb: float32 [N, 3] target colours.
-  """
-  rays: camera.Rays
-  rgb: jax.Array
 
 
 def _require(ok, message):
@@ -99,7 +78,57 @@ def validate_config(config, workdir):
   _require(config.nerf.width > 0 and config.nerf.num_blocks >= 0,
            f'config.nerf.width={config.nerf.width} must be > 0 and config.nerf.num_blocks='
            f'{config.nerf.num_blocks} >= 0')
-  _validate_data(config.data)
+  if config.method == 'nerf':
+    _validate_data(config.data)
+  else:
+    _validate_dreamfusion(config)
+
+
+def _ordered(config, name, low=None, high=None):
+  """Checks that config.<name> is a (low, high) pair in order and inside [low, high]."""
+  node = config
+  for part in name.split('.'):
+    node = node[part]
+  ok = len(node) == 2 and node[0] <= node[1]
+  ok = ok and (low is None or node[0] >= low) and (high is None or node[1] <= high)
+  bounds = f' inside [{low}, {high}]' if low is not None else ''
+  _require(ok, f'config.{name}={tuple(node)} must be an ordered (low, high) pair{bounds}')
+
+
+def _validate_dreamfusion(config):
+  _require(bool(config.prompt.strip()), 'config.prompt is empty: pass the text to generate, e.g. '
+           '--config.prompt="a DSLR photo of a peacock on a surfboard"')
+  _require(bool(config.model), 'config.model is empty: pass a diffusers model folder or hub id')
+  looks_local = config.model.startswith(('/', '.', '~')) or config.model.count('/') != 1
+  _require(not looks_local or pathlib.Path(config.model).expanduser().is_dir(),
+           f'config.model={config.model} is not a folder: pass a diffusers model folder or a '
+           'hub id like stabilityai/stable-diffusion-2-1-base')
+  _require(config.model_dtype in ('float32', 'bfloat16'),
+           f'config.model_dtype={config.model_dtype!r}: choose float32 or bfloat16')
+  for name in ('checkpoint_every', 'max_to_keep', 'preview_every', 'max_consecutive_skips'):
+    _require(config[name] > 0, f'config.{name}={config[name]} must be > 0')
+  _require(config.guidance_scale > 0 and config.guidance_scale_end > 0,
+           'config.guidance_scale and config.guidance_scale_end must be > 0')
+  _ordered(config, 't_range', 0.0, 1.0)
+  _require(0 < config.t_range[0] and config.t_range[1] < 1,
+           f'config.t_range={tuple(config.t_range)} must lie strictly inside (0, 1)')
+  _require(config.weighting in guidance.WEIGHTINGS, f'config.weighting={config.weighting!r} is '
+           f'unknown: choose one of {", ".join(guidance.WEIGHTINGS)}')
+  _require(config.render.height > 0 and config.render.width > 0,
+           'config.render.height and width must be > 0')
+  _ordered(config, 'camera.elevation_range_deg', -90.0, 90.0)
+  _ordered(config, 'camera.azimuth_range_deg')
+  _ordered(config, 'camera.distance_range', 0.0)
+  _ordered(config, 'camera.focal_range', 0.0)
+  shade = config.shading
+  for mode in tuple(shade.modes) + (shade.warmup_mode,):
+    _require(mode in shading.MODES, f'unknown shading mode {mode!r} in config.shading: choose '
+             f'from {", ".join(shading.MODES)}')
+  _require(len(shade.probs) == len(shade.modes) and all(p >= 0 for p in shade.probs)
+           and abs(sum(shade.probs) - 1.0) < 1e-6,
+           f'config.shading.probs={tuple(shade.probs)} must be one probability per mode '
+           f'{tuple(shade.modes)}, summing to 1')
+  _require(shade.warmup_steps >= 0, 'config.shading.warmup_steps must be >= 0')
 
 
 def _validate_data(data):
@@ -144,52 +173,10 @@ def make_render_fn(config):
                            scene_radius=rend.scene_radius or None)
 
 
-def psnr(mse):
-  """Peak signal-to-noise ratio in dB of a mean squared error of colours in [0, 1]."""
-  return -10.0 * jnp.log10(mse)
-
-
-def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, background,
-                     coarse_weight):
-  """One classic-NeRF step: a random batch of pixels, render, MSE, Adam.
-
-  Args:
-    state: TrainState.
-    pixels: PosedPixels [N], all training pixels.
-    model: the NeRF module.
-    optimizer: an optax.GradientTransformation.
-    render_fn: render.render_rays with its sampling settings bound.
-    batch_size: int rays per step.
-    background: float32 [3] background colour of the images.
-    coarse_weight: weight of every level but the last in the loss (mip-NeRF: 0.1).
-
-  Returns:
-    The new TrainState and a dict of float32 scalar metrics (loss, psnr of the last level).
-  """
-  key = jax.random.fold_in(state.key, state.step)
-  key_batch, key_render = jax.random.split(key)
-  index = jax.random.randint(key_batch, (batch_size,), 0, pixels.rgb.shape[0])
-  batch = jax.tree.map(lambda x: x[index], pixels)
-  bg = jnp.broadcast_to(background, batch.rgb.shape)
-
-  def loss_fn(params):
-    field = nerf.field_fn(model, params, with_normals=False)
-    outputs = render_fn(key_render, field, batch.rays, background=bg, randomized=True)
-    mses = [jnp.mean((out.rgb - batch.rgb)**2) for out in outputs]
-    loss = mses[-1] + coarse_weight * sum(mses[:-1])
-    return loss, mses[-1]
-
-  (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, {'loss': loss, 'psnr': psnr(mse)}
-
-
 def posed_pixels(views):
   """PosedPixels [N * H * W] of a blender.Views."""
   rays = camera.generate_rays(views.c2w, views.focal, views.height, views.width)
-  return PosedPixels(rays=rays.reshape(-1), rgb=jnp.asarray(views.images).reshape(-1, 3))
+  return steps.PosedPixels(rays=rays.reshape(-1), rgb=jnp.asarray(views.images).reshape(-1, 3))
 
 
 def render_views(params, model, render_fn, views, background, chunk_size):
@@ -224,10 +211,10 @@ def fit_nerf(config, workdir):
   key = jax.random.key(config.seed)
   params = model.init(jax.random.fold_in(key, 2**31 - 1), jnp.zeros((1, 3)), jnp.zeros((1, 3)),
                       jnp.zeros((1, 3)))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(params), key=key)
   step_fn = jax.jit(functools.partial(
-      photometric_step, model=model, optimizer=optimizer, render_fn=render_fn,
+      steps.photometric_step, model=model, optimizer=optimizer, render_fn=render_fn,
       batch_size=config.batch_size, background=jnp.asarray(background, jnp.float32),
       coarse_weight=config.render.coarse_loss_weight), donate_argnums=0)
   writer = SummaryWriter(str(workdir / 'tensorboard'))
@@ -245,7 +232,7 @@ def fit_nerf(config, workdir):
   renders = render_views(state.params, model, render_fn, test_views,
                          jnp.asarray(background, jnp.float32), config.render.chunk_size)
   mses = jnp.mean((renders - test_views.images)**2, axis=(1, 2, 3))
-  test_psnrs = np.asarray(psnr(mses))
+  test_psnrs = np.asarray(losses.psnr(mses))
   render_dir = workdir / 'renders'
   render_dir.mkdir(exist_ok=True)
   for i in range(min(config.eval.save_images, len(renders))):
@@ -263,6 +250,229 @@ def fit_nerf(config, workdir):
   return metrics
 
 
+def make_background(config):
+  """DreamFusion's background MLP described by config.background."""
+  return nerf.Background(width=config.background.width, max_deg=config.background.max_deg)
+
+
+def make_sds_settings(config):
+  """steps.SDSSettings from the config."""
+  cam, shade, loss = config.camera, config.shading, config.loss
+  ranges = (('elevation_range_deg', tuple(cam.elevation_range_deg)),
+            ('azimuth_range_deg', tuple(cam.azimuth_range_deg)),
+            ('distance_range', tuple(cam.distance_range)),
+            ('focal_range', tuple(cam.focal_range)))
+  return steps.SDSSettings(
+      batch_size=config.batch_size, height=config.render.height, width=config.render.width,
+      camera_ranges=ranges,
+      shading_modes=tuple(shading.mode_index(m) for m in shade.modes),
+      shading_probs=tuple(shade.probs), warmup_mode=shading.mode_index(shade.warmup_mode),
+      warmup_steps=shade.warmup_steps, light_color=shade.light_color, ambient=shade.ambient,
+      t_range=tuple(config.t_range), weighting=config.weighting,
+      guidance_scale=(config.guidance_scale, config.guidance_scale_end, config.num_steps),
+      orientation_weight=(loss.orientation_weight, loss.orientation_weight_end,
+                          loss.orientation_anneal_steps),
+      opacity_weight=loss.opacity_weight)
+
+
+def run_metadata(config):
+  """What a checkpoint must agree with to be resumed: the shapes of everything trained."""
+  meta = {'method': config.method, 'optim.grad_clip_enabled': config.optim.grad_clip > 0}
+  meta.update({f'nerf.{k}': v for k, v in config.nerf.items()})
+  meta.update({f'background.{k}': v for k, v in config.background.items()})
+  return json.loads(json.dumps(meta))  # Tuples become lists, as they come back from disk.
+
+
+def init_dreamfusion_state(config, model, background_model, optimizer):
+  """A fresh TrainState with params {'nerf', 'background'} from config.seed."""
+  key = jax.random.key(config.seed)
+  key_nerf, key_bg = jax.random.split(jax.random.fold_in(key, 2**31 - 1))
+  x = jnp.zeros((1, 3))
+  params = {'nerf': model.init(key_nerf, x, x), 'background': background_model.init(key_bg, x)}
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params), key=key)
+
+
+def load_diffusion(config):
+  """The frozen guidance.Diffusion named by config.model (errors name the field)."""
+  try:
+    return guidance.Diffusion.from_pretrained(
+        config.model, dtype=jnp.dtype(config.model_dtype), from_pt=config.from_pt,
+        allow_pickle=config.allow_pickle)
+  except models.ModelError as e:
+    raise ConfigError(f'config.model: {e}') from e
+
+
+class Renderer:
+  """Deterministic chunked renders of a trained DreamFusion scene (previews and exports)."""
+
+  def __init__(self, config, model, background_model):
+    self.model, self.background_model = model, background_model
+    self.render_fn = make_render_fn(config)
+    self.chunk_size = config.render.chunk_size
+    self.light_color, self.ambient = config.shading.light_color, config.shading.ambient
+    self._chunk = jax.jit(self._render_chunk, static_argnums=2)
+
+  def _render_chunk(self, params, rays, mode):
+    settings = dict(light_color=self.light_color, ambient=self.ambient)
+    lights = rays.origins[:, None]  # A light at the camera.
+    shade = functools.partial(steps._shade_samples, modes=mode, lights=lights, **settings)  # pylint: disable=protected-access
+    background = self.background_model.apply(params['background'], rays.directions)
+    field = nerf.field_fn(self.model, params['nerf'], with_normals=True)
+    out = self.render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
+                         randomized=False)[-1]
+    return out.rgb, out.normals, out.acc
+
+  def __call__(self, params, c2w, focal, size):
+    """Albedo, normal ((n + 1) / 2 over white), textureless and opacity images [size, size, 3]."""
+    rays = camera.generate_rays(c2w, focal, size, size)
+    albedo, normals, acc = render.render_image(
+        lambda r: self._chunk(params, r, shading.ALBEDO), rays, self.chunk_size)
+    textureless, _, _ = render.render_image(
+        lambda r: self._chunk(params, r, shading.TEXTURELESS), rays, self.chunk_size)
+    unit = normals / jnp.maximum(jnp.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+    normal_img = (0.5 * (unit + 1.0)) * acc[..., None] + (1.0 - acc[..., None])
+    opacity = jnp.broadcast_to(acc[..., None], albedo.shape)
+    return [np.asarray(jnp.clip(x, 0, 1)) for x in (albedo, normal_img, textureless, opacity)]
+
+
+def export_assets(config, workdir, state):
+  """Writes the turntable video (albedo | normals | textureless) and the mesh files."""
+  ex = config.export
+  model, background_model = make_nerf(config), make_background(config)
+  renderer = Renderer(config, model, background_model)
+  focal = float(camera.focal_from_fov(ex.video_fov_deg, ex.video_size))
+  frames = export.turntable_frames(
+      lambda c2w, f: renderer(state.params, c2w, f, ex.video_size)[:3], ex.video_frames,
+      elevation_deg=ex.video_elevation_deg, distance=ex.video_distance, focal=focal,
+      height=ex.video_size, width=ex.video_size)
+  video = export.write_video(workdir / 'turntable.mp4', frames, fps=ex.video_fps)
+  density = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[0])
+  albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
+  grid = export.density_grid(lambda x: density(state.params['nerf'], x), ex.mesh_resolution,
+                             ex.mesh_bound)
+  mesh = export.extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold,
+                             color_fn=lambda x: np.asarray(albedo(state.params['nerf'], x)))
+  paths = export.write_mesh(mesh, workdir, 'mesh')
+  print(f'wrote {video} and {", ".join(str(p) for p in paths.values())} '
+        f'({len(mesh.faces)} faces)')
+  return video, paths
+
+
+def open_checkpoints(config, workdir, template):
+  """The run's Checkpointer and its newest good (state, step), or (None, None) if none."""
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.max_to_keep,
+                                 metadata=run_metadata(config))
+  try:
+    state, step = ckpt.restore_latest(template)
+  except checkpoint.CheckpointError as e:
+    ckpt.close()
+    raise ConfigError(str(e)) from e
+  return ckpt, state, step
+
+
+def export_from_checkpoint(config, workdir):
+  """Exports the assets of the newest good checkpoint in `workdir` (a run's saved config)."""
+  workdir = pathlib.Path(workdir)
+  model, background_model = make_nerf(config), make_background(config)
+  template = init_dreamfusion_state(config, model, background_model, make_optimizer(config))
+  ckpt, state, step = open_checkpoints(config, workdir, template)
+  ckpt.close()
+  if state is None:
+    raise ConfigError(f'{workdir / "checkpoints"} holds no readable checkpoint to export')
+  print(f'exporting checkpoint {step} of {workdir}')
+  return export_assets(config, workdir, state)
+
+
+def _log_previews(writer, renderer, state, config):
+  size = config.render.width
+  c2w = camera.orbit_cameras(1, elevation_deg=15.0, distance=float(
+      np.mean(config.camera.distance_range)), focal=float(size))
+  images = renderer(state.params, c2w.c2w[0], c2w.focal[0], size)
+  for name, image in zip(('rgb', 'normals', 'textureless', 'opacity'), images):
+    writer.add_image(f'preview/{name}', image, int(state.step), dataformats='HWC')
+
+
+def fit_dreamfusion(config, workdir):
+  """DreamFusion: optimises a NeRF with SDS from a frozen diffusion model, then exports it."""
+  start = time.time()
+  diffusion = load_diffusion(config)
+  try:
+    text = diffusion.encode_views(config.prompt, config.negative_prompt)
+  except ValueError as e:
+    raise ConfigError(f'config.prompt: {e}') from e
+  model, background_model = make_nerf(config), make_background(config)
+  optimizer = make_optimizer(config)
+  state = init_dreamfusion_state(config, model, background_model, optimizer)
+  ckpt, restored, restored_step = open_checkpoints(config, workdir, state)
+  if restored is not None:
+    state = restored
+    print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
+  step_fn = jax.jit(functools.partial(
+      steps.dreamfusion_step, model=model, background_model=background_model,
+      optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config)),
+      donate_argnums=0)
+  renderer = Renderer(config, model, background_model)
+  writer = SummaryWriter(str(workdir / 'tensorboard'))
+  state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,
+                      renderer)
+  ckpt.close()
+  writer.close()
+  if state is None:
+    return None  # Preempted: the checkpoint is written, the job can be restarted.
+  export_assets(config, workdir, state)
+  metrics = {'steps': int(state.step), 'seconds': time.time() - start}
+  (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+  return metrics
+
+
+def _train_loop(config, state, step_fn, ckpt, writer, renderer):
+  """Runs steps to config.num_steps with logging and checkpoints; None if preempted."""
+  first = int(state.step)
+  bar = tqdm.tqdm(total=config.num_steps, initial=first, desc=config.method,
+                  dynamic_ncols=True, file=sys.stderr)
+  consecutive, skipped, tick = 0, 0, time.time()
+  with checkpoint.PreemptionGuard() as guard:
+    while int(state.step) < config.num_steps:
+      state, metrics = step_fn(state)
+      step = int(state.step)  # Waits for the step: the bar's rate stays true.
+      bar.update(1)
+      if float(metrics['skipped']):
+        consecutive, skipped = consecutive + 1, skipped + 1
+        print(f'step {step}: non-finite loss or gradient, step skipped ({skipped} so far)',
+              file=sys.stderr)
+        if consecutive >= config.max_consecutive_skips:
+          ckpt.wait()
+          raise FloatingPointError(
+              f'{consecutive} steps in a row had a non-finite loss or gradient; the last good '
+              'checkpoint is kept. Lower config.optim.lr_init or config.guidance_scale.')
+      else:
+        consecutive = 0
+      if step % config.log_every == 0 or step == config.num_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics.update(skipped_total=skipped,
+                       steps_per_second=config.log_every / max(time.time() - tick, 1e-9))
+        tick = time.time()
+        bar.set_postfix(loss=f'{metrics["loss"]:.4g}', t=f'{metrics["t"]:.2f}')
+        for name, value in metrics.items():
+          writer.add_scalar(f'train/{name}', value, step)
+      if step % config.preview_every == 0:
+        _log_previews(writer, renderer, state, config)
+      saved = step % config.checkpoint_every == 0 or step == config.num_steps
+      if saved:
+        ckpt.save(step, state)
+      if guard.requested:
+        if not saved:
+          ckpt.save(step, state, force=True)
+        ckpt.wait()
+        print(f'preempted ({guard.signal_name}): saved checkpoint {step}; run the same command '
+              'to resume', file=sys.stderr)
+        return None
+  ckpt.wait()
+  bar.close()
+  return state
+
+
 def train_and_evaluate(config, workdir):
   """Runs the method named by config.method, writing everything into `workdir`.
 
@@ -278,4 +488,6 @@ def train_and_evaluate(config, workdir):
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   (workdir / 'command.txt').write_text(' '.join(sys.argv) + '\n')
+  if config.method == 'dreamfusion':
+    return fit_dreamfusion(config, workdir)
   return fit_nerf(config, workdir)

@@ -1,0 +1,44 @@
+"""Regularisers and image losses, each a pure function with its weight applied by the caller.
+
+Letters: R rays, S samples per ray.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def psnr(mse):
+  """Peak signal-to-noise ratio in dB of a mean squared error of colours in [0, 1]."""
+  return -10.0 * jnp.log10(mse)
+
+
+def orientation(weights, normals, directions):
+  """DreamFusion's orientation loss (from Ref-NeRF): sum_i stopgrad(w_i) max(0, n_i . d)^2.
+
+  Penalises visible normals facing away from the camera (n . d > 0 for a ray direction d),
+  which would otherwise let the density fake shading.
+
+  Args:
+    weights: float32 [R, S] compositing weights (gradient stopped here).
+    normals: float32 [R, S, 3] per-sample unit normals.
+    directions: float32 [R, 3] unit ray directions.
+
+  Returns:
+    float32 scalar, the mean over rays.
+  """
+  facing_away = jnp.maximum(0.0, jnp.sum(normals * directions[:, None, :], axis=-1))
+  return jnp.mean(jnp.sum(jax.lax.stop_gradient(weights) * facing_away**2, axis=-1))
+
+
+def opacity(acc):
+  """DreamFusion's penalty on accumulated opacity against fog: the mean of sqrt(acc^2 + 0.01).
+
+  The smoothed L1 (stable-dreamfusion's form) keeps a gradient at zero opacity.
+
+  Args:
+    acc: float32 [R] accumulated opacity.
+
+  Returns:
+    float32 scalar.
+  """
+  return jnp.mean(jnp.sqrt(acc**2 + 0.01))

@@ -1,0 +1,236 @@
+"""Pure training steps: classic NeRF's photometric step and DreamFusion's SDS step.
+
+Each step is `(state, ...inputs) -> (state, metrics)` with every hyperparameter an explicit
+argument (bound with functools.partial by train.py, then jitted). Randomness comes only from
+fold_in(state.key, state.step), so a run is reproducible bit for bit and resumes exactly.
+
+Letters: B views, H, W render size, R rays, S samples per ray.
+"""
+
+import dataclasses
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from dreamfusion_jax import camera
+from dreamfusion_jax import guidance
+from dreamfusion_jax import losses
+from dreamfusion_jax import nerf
+from dreamfusion_jax import schedules
+from dreamfusion_jax import shading
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree.
+
+  Attributes:
+    step: int32 scalar, steps taken.
+    params: the trained variables (for DreamFusion {'nerf': ..., 'background': ...}).
+    opt_state: the Optax state.
+    key: the run's base PRNG key; step keys are fold_in(key, step).
+  """
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  key: jax.Array
+
+
+@flax.struct.dataclass
+class PosedPixels:
+  """Every training pixel as a ray with its colour.
+
+  Attributes:
+    rays: camera.Rays [N].
+    rgb: float32 [N, 3] target colours.
+  """
+  rays: camera.Rays
+  rgb: jax.Array
+
+
+def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, background,
+                     coarse_weight):
+  """One classic-NeRF step: a random batch of pixels, render, MSE, Adam.
+
+  Args:
+    state: TrainState.
+    pixels: PosedPixels [N], all training pixels.
+    model: the NeRF module.
+    optimizer: an optax.GradientTransformation.
+    render_fn: render.render_rays with its sampling settings bound.
+    batch_size: int rays per step.
+    background: float32 [3] background colour of the images.
+    coarse_weight: weight of every level but the last in the loss (mip-NeRF: 0.1).
+
+  Returns:
+    The new TrainState and a dict of float32 scalar metrics (loss, psnr of the last level).
+  """
+  key = jax.random.fold_in(state.key, state.step)
+  key_batch, key_render = jax.random.split(key)
+  index = jax.random.randint(key_batch, (batch_size,), 0, pixels.rgb.shape[0])
+  batch = jax.tree.map(lambda x: x[index], pixels)
+  bg = jnp.broadcast_to(background, batch.rgb.shape)
+
+  def loss_fn(params):
+    field = nerf.field_fn(model, params, with_normals=False)
+    outputs = render_fn(key_render, field, batch.rays, background=bg, randomized=True)
+    mses = [jnp.mean((out.rgb - batch.rgb)**2) for out in outputs]
+    loss = mses[-1] + coarse_weight * sum(mses[:-1])
+    return loss, mses[-1]
+
+  (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {'loss': loss, 'psnr': losses.psnr(mse)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SDSSettings:
+  """The static hyperparameters of DreamFusion's step (built from the config by train.py).
+
+  Attributes:
+    batch_size: views per step B.
+    height, width: render size.
+    camera_ranges: keyword arguments of camera.sample_cameras (ranges of elevation, azimuth,
+      distance and focal), as a tuple of (name, value) pairs.
+    shading_modes: indices into shading.MODES drawn after the warm-up.
+    shading_probs: their probabilities.
+    warmup_mode: the shading mode index during the first warmup_steps.
+    warmup_steps: steps of warm-up shading (paper: albedo only).
+    light_color, ambient: Lambertian light colour l_rho and ambient l_a.
+    t_range: (t_min, t_max) of the SDS noise level.
+    weighting: guidance.WEIGHTINGS entry.
+    guidance_scale: (start, end, num_steps) of the linear guidance-scale schedule.
+    orientation_weight: (start, end, num_steps) of the orientation-loss weight schedule.
+    opacity_weight: weight of the opacity penalty.
+  """
+  batch_size: int
+  height: int
+  width: int
+  camera_ranges: tuple
+  shading_modes: tuple
+  shading_probs: tuple
+  warmup_mode: int
+  warmup_steps: int
+  light_color: float
+  ambient: float
+  t_range: tuple
+  weighting: str
+  guidance_scale: tuple
+  orientation_weight: tuple
+  opacity_weight: float
+
+
+def _schedule(step, spec):
+  start, end, num_steps = spec
+  return schedules.linear(step, start=start, end=end, num_steps=num_steps)
+
+
+def sample_shading(key, step, settings):
+  """Shading mode per view, int32 [B]: the warm-up mode, then a random draw per view."""
+  probs = jnp.asarray(settings.shading_probs, jnp.float32)
+  draw = jax.random.choice(key, jnp.asarray(settings.shading_modes, jnp.int32),
+                           (settings.batch_size,), p=probs)
+  return jnp.where(step < settings.warmup_steps, settings.warmup_mode, draw).astype(jnp.int32)
+
+
+def render_views(key, params, cameras, modes, lights, *, model, background_model, render_fn,
+                 settings, randomized=True):
+  """Shaded renders of B cameras.
+
+  Args:
+    key: PRNG key for the samples.
+    params: {'nerf': ..., 'background': ...}.
+    cameras: camera.Cameras [B].
+    modes: int32 [B] shading modes.
+    lights: float32 [B, 3] point-light positions.
+    model, background_model: the NeRF and background modules.
+    render_fn: render.render_rays with its sampling settings bound.
+    settings: SDSSettings (render size, light colour, ambient).
+    randomized: jitter the samples.
+
+  Returns:
+    rgb float32 [B, H, W, 3] and the last level's RenderOutput over the R = B H W rays.
+  """
+  b, h, w = settings.batch_size, settings.height, settings.width
+  rays = camera.generate_rays(cameras.c2w, cameras.focal, h, w).reshape(-1)
+  per_ray = lambda x: jnp.repeat(x, h * w, axis=0)[:, None]  # [R, 1, ...] for every sample.
+  shade = functools.partial(_shade_samples, modes=per_ray(modes)[..., None], lights=per_ray(lights),
+                            light_color=settings.light_color, ambient=settings.ambient)
+  background = background_model.apply(params['background'], rays.directions)
+  field = nerf.field_fn(model, params['nerf'], with_normals=True)
+  outputs = render_fn(key, field, rays, background=background, shade=shade,
+                      randomized=randomized)
+  return outputs[-1].rgb.reshape(b, h, w, 3), outputs[-1], rays
+
+
+def _shade_samples(samples, means, *, modes, lights, light_color, ambient):
+  return shading.shade(samples.albedo, samples.normals, means, lights, modes,
+                       light_color=light_color, ambient=ambient)
+
+
+def dreamfusion_step(state, diffusion, text, *, model, background_model, optimizer, render_fn,
+                     settings):
+  """One DreamFusion step: random cameras and shading, render, SDS + regularisers, Optax.
+
+  A step whose loss or gradient is not finite leaves params and optimiser state unchanged
+  (only the step advances, so the next step draws new randomness) and reports skipped = 1.
+
+  Args:
+    state: TrainState with params {'nerf', 'background'}.
+    diffusion: guidance.Diffusion (frozen; a pytree argument, never donated).
+    text: guidance.TextEmbeddings [4, L, D] of the view-dependent prompts (VIEW_NAMES order).
+    model, background_model: the NeRF and background modules.
+    optimizer: optax.GradientTransformation.
+    render_fn: render.render_rays with its sampling settings bound.
+    settings: SDSSettings.
+
+  Returns:
+    The new TrainState and a dict of float32 scalar metrics.
+  """
+  key = jax.random.fold_in(state.key, state.step)
+  key_camera, key_light, key_shading, key_render, key_sds = jax.random.split(key, 5)
+  cameras = camera.sample_cameras(key_camera, settings.batch_size, width=settings.width,
+                                  **dict(settings.camera_ranges))
+  positions = cameras.c2w[:, :3, 3]
+  lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, settings.batch_size),
+                                          positions)
+  modes = sample_shading(key_shading, state.step, settings)
+  emb = text.select(camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg))
+  scale = _schedule(state.step, settings.guidance_scale)
+  orientation_weight = _schedule(state.step, settings.orientation_weight)
+
+  def loss_fn(params):
+    rgb, out, rays = render_views(key_render, params, cameras, modes, lights, model=model,
+                                  background_model=background_model, render_fn=render_fn,
+                                  settings=settings)
+    images = rgb
+    if diffusion.resolution != settings.height:
+      images = guidance.resize_images(rgb, diffusion.resolution)
+    sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, settings.t_range,
+                                  settings.weighting)
+    orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
+    opacity = losses.opacity(out.acc)
+    total = sds + orientation_weight * orient + settings.opacity_weight * opacity
+    metrics = dict(sds=sds, orientation=orient, opacity=opacity, acc=jnp.mean(out.acc),
+                   t=jnp.mean(aux['t']))
+    return total, metrics
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state))
+  metrics.update(loss=loss, grad_norm=grad_norm, skipped=1.0 - finite.astype(jnp.float32),
+                 guidance_scale=jnp.asarray(scale, jnp.float32),
+                 orientation_weight=jnp.asarray(orientation_weight, jnp.float32))
+  return new_state, metrics
+

@@ -1,0 +1,265 @@
+"""DreamFusion training end to end with a tiny saved diffusers model, through the entry point."""
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import trimesh
+
+from dreamfusion_jax import checkpoint
+from dreamfusion_jax import guidance
+from dreamfusion_jax import steps
+from dreamfusion_jax import train
+
+import tiny_models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('tiny_latent')
+  tiny_models.save_flax_model(folder, pixel=False, seed=0)
+  return folder
+
+
+@pytest.fixture(scope='module')
+def jax_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+def overrides(model_dir, **extra):
+  """A DreamFusion config sized for a CPU test: 8x8 renders, a small NeRF, 6 steps."""
+  values = {
+      'model': str(model_dir), 'model_dtype': 'float32', 'from_pt': False,
+      'prompt': 'a red cube', 'num_steps': 6, 'batch_size': 1, 'checkpoint_every': 2,
+      'log_every': 1, 'preview_every': 3, 'render.height': 8, 'render.width': 8,
+      'render.num_samples': '8,8', 'nerf.width': 16, 'nerf.num_blocks': 1, 'nerf.max_deg': 4,
+      'shading.warmup_steps': 2, 'export.video_frames': 4, 'export.video_size': 16,
+      'export.mesh_resolution': 32, 'export.mesh_threshold': 10.0,
+  }
+  values.update(extra)
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def main_command(workdir, model_dir, **extra):
+  return [sys.executable, '-m', 'dreamfusion_jax.main', '--config', 'configs/dreamfusion.py',
+          '--workdir', str(workdir), *overrides(model_dir, **extra)]
+
+
+def run(cmd, cache, **kwargs):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                        **kwargs)
+
+
+def restore_params(workdir):
+  """(state, step) of the newest checkpoint of a run, rebuilt from its saved config.json."""
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  net, bg = train.make_nerf(config), train.make_background(config)
+  template = train.init_dreamfusion_state(config, net, bg, train.make_optimizer(config))
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=3,
+                                 metadata=train.run_metadata(config))
+  state, step = ckpt.restore_latest(template)
+  ckpt.close()
+  return state, step
+
+
+def test_full_run_writes_checkpoints_and_assets(tiny_model, jax_cache, tmp_path):
+  workdir = tmp_path / 'run'
+  result = run(main_command(workdir, tiny_model), jax_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert written == [2, 4, 6]
+  assert json.loads((workdir / 'metrics.json').read_text())['steps'] == 6
+  assert json.loads((workdir / 'config.json').read_text())['prompt'] == 'a red cube'
+  assert (workdir / 'command.txt').is_file()
+  assert list((workdir / 'tensorboard').iterdir())
+  assert sum(1 for _ in iio.imiter(workdir / 'turntable.mp4')) == 4
+  for ext in ('glb', 'obj', 'ply'):
+    mesh = trimesh.load(workdir / f'mesh.{ext}', force='mesh')
+    assert len(mesh.faces) > 0
+  # The same assets again from the newest checkpoint, through the export entry point.
+  for file in ('mesh.glb', 'mesh.obj', 'mesh.ply', 'turntable.mp4'):
+    (workdir / file).unlink()
+  exported = run([sys.executable, '-m', 'dreamfusion_jax.export', '--workdir', str(workdir)],
+                 jax_cache)
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert 'exporting checkpoint 6' in exported.stdout
+  assert len(trimesh.load(workdir / 'mesh.ply', force='mesh').faces) == len(mesh.faces)
+  assert (workdir / 'turntable.mp4').is_file()
+  empty = run([sys.executable, '-m', 'dreamfusion_jax.export', '--workdir', str(workdir),
+               '--threshold', '1e9'], jax_cache)
+  assert empty.returncode == 2 and 'lower the threshold' in empty.stderr, empty.stderr[-2000:]
+
+
+def wait_for(path, proc, timeout=600):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.2)
+
+
+def test_resume_after_kills_matches_uninterrupted(tiny_model, jax_cache, tmp_path):
+  """SIGKILL and SIGTERM at random points, then resume: the parameters equal a straight run."""
+  extra = dict(num_steps=120, checkpoint_every=10, log_every=10, preview_every=1000)
+  straight = tmp_path / 'straight'
+  result = run(main_command(straight, tiny_model, **extra), jax_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  expected, step = restore_params(straight)
+  assert step == 120
+  workdir = tmp_path / 'interrupted'
+  rng = np.random.default_rng()
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(jax_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  interrupted_at = 0
+  for sig in (signal.SIGKILL, signal.SIGTERM):
+    after = interrupted_at + 10 * int(rng.integers(1, 3))  # A checkpoint this run will write.
+    proc = subprocess.Popen(main_command(workdir, tiny_model, **extra), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(workdir / 'checkpoints' / str(after), proc)
+    time.sleep(float(rng.uniform(0.0, 1.0)))
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=600)
+    if sig == signal.SIGKILL:
+      assert proc.returncode == -signal.SIGKILL
+    else:
+      assert proc.returncode == 0 and 'preempted (SIGTERM)' in stderr, stderr[-3000:]
+    _, interrupted_at = restore_params(workdir)
+    assert after <= interrupted_at < 120
+  result = run(main_command(workdir, tiny_model, **extra), jax_cache)
+  assert result.returncode == 0 and 'resumed from checkpoint' in result.stdout, result.stderr
+  got, step = restore_params(workdir)
+  assert step == 120
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(expected.opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_newest_checkpoint_falls_back(tiny_model, jax_cache, tmp_path):
+  workdir = tmp_path / 'run'
+  assert run(main_command(workdir, tiny_model), jax_cache).returncode == 0
+  for file in (workdir / 'checkpoints' / '6').rglob('*'):
+    if file.is_file():
+      file.write_bytes(b'\0garbage')
+  result = run(main_command(workdir, tiny_model), jax_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resumed from checkpoint 4' in result.stdout
+  assert 'checkpoint 6' in result.stderr  # The warning names the corrupt step.
+  _, step = restore_params(workdir)
+  assert step == 6
+  assert list((workdir / 'checkpoints_corrupt').iterdir())  # Moved aside, never deleted.
+
+
+def error_line(result):
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize('extra, expected', [
+    (dict(prompt=' '), 'config.prompt is empty'),
+    (dict(**{'shading.modes': "('albedo','metallic')"}), "unknown shading mode 'metallic'"),
+    (dict(model='/nonexistent/model'), 'config.model=/nonexistent/model is not a folder'),
+    (dict(**{'t_range': '0.0,0.98'}), 'config.t_range=(0.0, 0.98) must lie strictly inside'),
+])
+def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
+  result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
+  assert expected in error_line(result)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_workdir_that_is_a_file(tiny_model, jax_cache, tmp_path):
+  afile = tmp_path / 'afile'
+  afile.write_text('x')
+  assert 'is a file' in error_line(run(main_command(afile, tiny_model), jax_cache))
+
+
+def test_changed_model_shape_is_refused_on_resume(tiny_model, jax_cache, tmp_path):
+  workdir = tmp_path / 'run'
+  assert run(main_command(workdir, tiny_model), jax_cache).returncode == 0
+  line = error_line(run(main_command(workdir, tiny_model, **{'nerf.width': 32}), jax_cache))
+  assert 'nerf.width' in line and '16' in line and '32' in line
+  assert (workdir / 'checkpoints' / '6').is_dir()  # The written checkpoint is kept.
+
+
+@pytest.fixture(scope='module')
+def step_setup(tiny_model):
+  from configs import dreamfusion as dreamfusion_config  # pylint: disable=g-import-not-at-top
+  config = dreamfusion_config.get_config()
+  config.update_from_flattened_dict({
+      'model': str(tiny_model), 'model_dtype': 'float32', 'from_pt': False, 'batch_size': 2,
+      'render.height': 8, 'render.width': 8, 'render.num_samples': (8, 8), 'nerf.width': 16,
+      'nerf.num_blocks': 1, 'nerf.max_deg': 4, 'shading.warmup_steps': 0})
+  diffusion = train.load_diffusion(config)
+  text = diffusion.encode_views(config.prompt)
+  net, bg = train.make_nerf(config), train.make_background(config)
+  optimizer = train.make_optimizer(config)
+  state = train.init_dreamfusion_state(config, net, bg, optimizer)
+  step = jax.jit(functools.partial(
+      steps.dreamfusion_step, model=net, background_model=bg, optimizer=optimizer,
+      render_fn=train.make_render_fn(config), settings=train.make_sds_settings(config)))
+  return step, state, diffusion, text
+
+
+def test_step_is_pure_and_updates_params(step_setup):
+  step, state, diffusion, text = step_setup
+  new_a, metrics_a = step(state, diffusion, text)
+  new_b, metrics_b = step(state, diffusion, text)
+  as_array = lambda x: (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+                        else x)
+  for a, b in zip(jax.tree.leaves((new_a, metrics_a)), jax.tree.leaves((new_b, metrics_b))):
+    np.testing.assert_array_equal(as_array(a), as_array(b))
+  assert int(new_a.step) == 1 and float(metrics_a['skipped']) == 0.0
+  assert np.isfinite(float(metrics_a['loss']))
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(new_a.params), jax.tree.leaves(state.params))]
+  assert all(changed)
+
+
+def test_non_finite_step_is_skipped(step_setup):
+  step, state, diffusion, text = step_setup
+  poisoned = diffusion.replace(alphas_cumprod=diffusion.alphas_cumprod * jnp.nan)
+  new, metrics = step(state, poisoned, text)
+  assert float(metrics['skipped']) == 1.0 and int(new.step) == 1
+  for a, b in zip(jax.tree.leaves((new.params, new.opt_state)),
+                  jax.tree.leaves((state.params, state.opt_state))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_too_many_skips_stop_the_run(tmp_path):
+  config = ml_collections.ConfigDict(dict(
+      method='dreamfusion', num_steps=50, log_every=10, preview_every=100, checkpoint_every=100,
+      max_consecutive_skips=3))
+  saved = []
+
+  class FakeCheckpointer:
+    def save(self, step, state, force=False):
+      saved.append(step)
+
+    def wait(self):
+      pass
+
+  def skipping_step(state):
+    return state.replace(step=state.step + 1), {'skipped': jnp.float32(1.0)}
+
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(),
+                           key=jax.random.key(0))
+  with pytest.raises(FloatingPointError, match='3 steps in a row'):
+    train._train_loop(config, state, skipping_step, FakeCheckpointer(), None, None)  # pylint: disable=protected-access
+  assert not saved
