@@ -263,3 +263,31 @@ def test_too_many_skips_stop_the_run(tmp_path):
   with pytest.raises(FloatingPointError, match='3 steps in a row'):
     train._train_loop(config, state, skipping_step, FakeCheckpointer(), None, None)  # pylint: disable=protected-access
   assert not saved
+
+
+def test_pixel_config_trains_with_a_pixel_model(tmp_path):
+  """configs/dreamfusion_pixel.py: the paper's 64x64 pixel-space form, here a 16 px model."""
+  from configs import dreamfusion_pixel  # pylint: disable=g-import-not-at-top
+  tiny_models.save_flax_model(tmp_path, pixel=True, seed=3)
+  config = dreamfusion_pixel.get_config()
+  config.update_from_flattened_dict({
+      'model': str(tmp_path), 'batch_size': 1, 'render.height': 16, 'render.width': 16,
+      'render.num_samples': (8, 8), 'nerf.width': 16, 'nerf.num_blocks': 1, 'nerf.max_deg': 4})
+  train.validate_config(config, tmp_path / 'run')
+  diffusion = train.load_diffusion(config)
+  assert not diffusion.is_latent and diffusion.resolution == config.render.width
+  net, bg = train.make_nerf(config), train.make_background(config)
+  optimizer = train.make_optimizer(config)
+  state = train.init_dreamfusion_state(config, net, bg, optimizer)
+  step = jax.jit(functools.partial(
+      steps.dreamfusion_step, model=net, background_model=bg, optimizer=optimizer,
+      render_fn=train.make_render_fn(config), settings=train.make_sds_settings(config)))
+  new, metrics = step(state, diffusion, diffusion.encode_views('a red cube'))
+  assert int(new.step) == 1 and float(metrics['skipped']) == 0.0
+  assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
+
+
+def test_pixel_config_requires_a_model(tmp_path):
+  from configs import dreamfusion_pixel  # pylint: disable=g-import-not-at-top
+  with pytest.raises(train.ConfigError, match='config.model is empty'):
+    train.validate_config(dreamfusion_pixel.get_config(), tmp_path / 'run')
