@@ -210,7 +210,8 @@ class Diffusion:
       raise ValueError(f'{len(negative_prompts)} negative prompts for {len(prompts)} prompts')
     cond = self.text(prompts)
     uncond = self.text(list(negative_prompts))
-    return TextEmbeddings(cond=jnp.asarray(cond, self.dtype), uncond=jnp.asarray(uncond, self.dtype))
+    return TextEmbeddings(cond=jnp.asarray(cond, self.dtype),
+                          uncond=jnp.asarray(uncond, self.dtype))
 
   def encode_views(self, prompt, negative_prompt=None):
     """TextEmbeddings [4, L, D] of DreamFusion's view-dependent prompts, in VIEW_NAMES order."""

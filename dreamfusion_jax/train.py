@@ -10,7 +10,6 @@ import pathlib
 import sys
 import time
 
-import flax
 import imageio.v3 as iio
 import jax
 import jax.numpy as jnp

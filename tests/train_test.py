@@ -18,7 +18,6 @@ import pytest
 import trimesh
 
 from dreamfusion_jax import checkpoint
-from dreamfusion_jax import guidance
 from dreamfusion_jax import steps
 from dreamfusion_jax import train
 

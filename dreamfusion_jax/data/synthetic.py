@@ -22,7 +22,6 @@ import json
 import math
 import pathlib
 import time
-import typing
 
 import numpy as np
 from PIL import Image
