@@ -10,7 +10,6 @@ Diffusion 2.1-base, no download.
 """
 
 import argparse
-import functools
 import pathlib
 import sys
 import tempfile
@@ -25,7 +24,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'tests')]
 
 from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-import-position
 from dreamfusion_jax import guidance  # pylint: disable=wrong-import-position
-from dreamfusion_jax import steps  # pylint: disable=wrong-import-position
 from dreamfusion_jax import train  # pylint: disable=wrong-import-position
 import sds_grad  # pylint: disable=wrong-import-position
 import tiny_models  # pylint: disable=wrong-import-position
@@ -40,10 +38,7 @@ def time_steps(config, diffusion, width, tokens, num_steps):
   net, bg = train.make_nerf(config), train.make_background(config)
   optimizer = train.make_optimizer(config)
   state = train.init_dreamfusion_state(config, net, bg, optimizer)
-  step = jax.jit(functools.partial(
-      steps.dreamfusion_step, model=net, background_model=bg, optimizer=optimizer,
-      render_fn=train.make_render_fn(config), settings=train.make_sds_settings(config)),
-      donate_argnums=0)
+  step = train.make_dreamfusion_step(config, net, bg, optimizer)
   start = time.perf_counter()
   state, metrics = step(state, diffusion, text)
   jax.block_until_ready(state)

@@ -274,6 +274,14 @@ def make_sds_settings(config):
       opacity_weight=loss.opacity_weight)
 
 
+def make_dreamfusion_step(config, model, background_model, optimizer, donate=True):
+  """The jitted steps.dreamfusion_step (state, diffusion, text) -> (state, metrics)."""
+  return jax.jit(functools.partial(
+      steps.dreamfusion_step, model=model, background_model=background_model,
+      optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config)),
+      donate_argnums=0 if donate else ())
+
+
 def run_metadata(config):
   """What a checkpoint must agree with to be resumed: the shapes of everything trained."""
   meta = {'method': config.method, 'optim.grad_clip_enabled': config.optim.grad_clip > 0}
@@ -407,10 +415,7 @@ def fit_dreamfusion(config, workdir):
   if restored is not None:
     state = restored
     print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
-  step_fn = jax.jit(functools.partial(
-      steps.dreamfusion_step, model=model, background_model=background_model,
-      optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config)),
-      donate_argnums=0)
+  step_fn = make_dreamfusion_step(config, model, background_model, optimizer)
   renderer = Renderer(config, model, background_model)
   writer = SummaryWriter(str(workdir / 'tensorboard'))
   state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,

@@ -1,6 +1,5 @@
 """DreamFusion training end to end with a tiny saved diffusers model, through the entry point."""
 
-import functools
 import json
 import os
 import pathlib
@@ -210,9 +209,7 @@ def step_setup(tiny_model):
   net, bg = train.make_nerf(config), train.make_background(config)
   optimizer = train.make_optimizer(config)
   state = train.init_dreamfusion_state(config, net, bg, optimizer)
-  step = jax.jit(functools.partial(
-      steps.dreamfusion_step, model=net, background_model=bg, optimizer=optimizer,
-      render_fn=train.make_render_fn(config), settings=train.make_sds_settings(config)))
+  step = train.make_dreamfusion_step(config, net, bg, optimizer, donate=False)
   return step, state, diffusion, text
 
 
@@ -278,9 +275,7 @@ def test_pixel_config_trains_with_a_pixel_model(tmp_path):
   net, bg = train.make_nerf(config), train.make_background(config)
   optimizer = train.make_optimizer(config)
   state = train.init_dreamfusion_state(config, net, bg, optimizer)
-  step = jax.jit(functools.partial(
-      steps.dreamfusion_step, model=net, background_model=bg, optimizer=optimizer,
-      render_fn=train.make_render_fn(config), settings=train.make_sds_settings(config)))
+  step = train.make_dreamfusion_step(config, net, bg, optimizer, donate=False)
   new, metrics = step(state, diffusion, diffusion.encode_views('a red cube'))
   assert int(new.step) == 1 and float(metrics['skipped']) == 0.0
   assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
