@@ -159,8 +159,9 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   b, h, w = settings.batch_size, settings.height, settings.width
   rays = camera.generate_rays(cameras.c2w, cameras.focal, h, w).reshape(-1)
   per_ray = lambda x: jnp.repeat(x, h * w, axis=0)[:, None]  # [R, 1, ...] for every sample.
-  shade = functools.partial(_shade_samples, modes=per_ray(modes)[..., None], lights=per_ray(lights),
-                            light_color=settings.light_color, ambient=settings.ambient)
+  shade = functools.partial(shade_samples, modes=per_ray(modes)[..., None],
+                            lights=per_ray(lights), light_color=settings.light_color,
+                            ambient=settings.ambient)
   background = background_model.apply(params['background'], rays.directions)
   field = nerf.field_fn(model, params['nerf'], with_normals=True)
   outputs = render_fn(key, field, rays, background=background, shade=shade,
@@ -168,7 +169,8 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   return outputs[-1].rgb.reshape(b, h, w, 3), outputs[-1], rays
 
 
-def _shade_samples(samples, means, *, modes, lights, light_color, ambient):
+def shade_samples(samples, means, *, modes, lights, light_color, ambient):
+  """render_rays' shade function: shading.shade of FieldSamples at their means [R, S, 3]."""
   return shading.shade(samples.albedo, samples.normals, means, lights, modes,
                        light_color=light_color, ambient=ambient)
 

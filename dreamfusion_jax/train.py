@@ -323,7 +323,7 @@ class Renderer:
   def _render_chunk(self, params, rays, mode):
     settings = dict(light_color=self.light_color, ambient=self.ambient)
     lights = rays.origins[:, None]  # A light at the camera.
-    shade = functools.partial(steps._shade_samples, modes=mode, lights=lights, **settings)  # pylint: disable=protected-access
+    shade = functools.partial(steps.shade_samples, modes=mode, lights=lights, **settings)
     background = self.background_model.apply(params['background'], rays.directions)
     field = nerf.field_fn(self.model, params['nerf'], with_normals=True)
     out = self.render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
