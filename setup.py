@@ -29,6 +29,11 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     'pytest>=8.0',
     'torch>=2.1',  # PyTorch diffusers/transformers models for the parity tests.
+    # Executing the notebooks of colab/ (tests/colab_test.py); matplotlib draws their mesh.
+    'nbformat>=5.9',
+    'nbclient>=0.10',
+    'ipykernel>=6.25',
+    'matplotlib>=3.7',
 ]
 
 setuptools.setup(
@@ -40,6 +45,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dreamfusion_jax', 'dreamfusion_jax.*']),
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
+    # The toy world's trained prior and CLIP (diffusers/transformers folders, a few MB).
+    package_data={'dreamfusion_jax': ['toy/weights/*/*', 'toy/weights/*/*/*']},
     extras_require={'test': TEST_REQUIRES},
     license='Apache-2.0',
 )

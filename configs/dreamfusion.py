@@ -87,6 +87,7 @@ def get_config():
   config.background = ml_collections.ConfigDict()
   config.background.width = 32
   config.background.max_deg = 4
+  config.background.color = ()  # () = the learned MLP (paper); an RGB triple = plain colour.
 
   config.optim = ml_collections.ConfigDict()
   # Departure: Adam (threestudio: lr 0.01, betas 0.9/0.99) instead of the paper's Distributed

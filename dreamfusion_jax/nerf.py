@@ -179,13 +179,18 @@ class Background(nn.Module):
   Attributes:
     width: hidden width.
     max_deg: frequencies of the direction encoding.
+    color: () for the learned MLP, or a fixed RGB colour (3 floats in [0, 1]) for a plain
+      background (the MLP then has no parameters).
   """
   width: int = 32
   max_deg: int = 4
+  color: tuple = ()
 
   @nn.compact
   def __call__(self, directions):
     """Maps unit directions float32 [..., 3] to colours float32 [..., 3] in [0, 1]."""
+    if self.color:
+      return jnp.broadcast_to(jnp.asarray(self.color, jnp.float32), directions.shape)
     h = pos_enc(directions, 0, self.max_deg)
     h = nn.swish(nn.Dense(self.width)(h))
     return nn.sigmoid(nn.Dense(3)(h))

@@ -128,6 +128,10 @@ def _validate_dreamfusion(config):
            f'config.shading.probs={tuple(shade.probs)} must be one probability per mode '
            f'{tuple(shade.modes)}, summing to 1')
   _require(shade.warmup_steps >= 0, 'config.shading.warmup_steps must be >= 0')
+  color = tuple(config.background.color)
+  _require(color == () or (len(color) == 3 and all(0 <= c <= 1 for c in color)),
+           f'config.background.color={color} must be () (learned background) or 3 values in '
+           '[0, 1]')
 
 
 def _validate_data(data):
@@ -251,7 +255,8 @@ def fit_nerf(config, workdir):
 
 def make_background(config):
   """DreamFusion's background MLP described by config.background."""
-  return nerf.Background(width=config.background.width, max_deg=config.background.max_deg)
+  bg = config.background
+  return nerf.Background(width=bg.width, max_deg=bg.max_deg, color=tuple(bg.color))
 
 
 def make_sds_settings(config):
@@ -296,8 +301,10 @@ def init_dreamfusion_state(config, model, background_model, optimizer):
   key_nerf, key_bg = jax.random.split(jax.random.fold_in(key, 2**31 - 1))
   x = jnp.zeros((1, 3))
   params = {'nerf': model.init(key_nerf, x, x), 'background': background_model.init(key_bg, x)}
-  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params), key=key)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=optimizer.init(params), key=key)
+  # Committed to a device like the step's outputs, so the second call does not compile again.
+  return jax.device_put(state, jax.devices()[0])
 
 
 def load_diffusion(config):

@@ -9,6 +9,8 @@ import pathlib
 
 import numpy as np
 
+from dreamfusion_jax.toy import tokenizer as tokenizer_lib
+
 TOKEN_LENGTH = 16
 TEXT_WIDTH = 32
 SCHEDULER = {
@@ -46,24 +48,11 @@ def text_config():
 
 
 def vocabulary():
-  """A byte-level BPE vocabulary covering every byte (with and without </w>) and WORDS."""
-  from transformers.models.clip import tokenization_clip  # pylint: disable=g-import-not-at-top
-  chars = list(tokenization_clip.bytes_to_unicode().values())
-  tokens = chars + [c + '</w>' for c in chars] + [w + '</w>' for w in WORDS]
-  tokens += ['<|startoftext|>', '<|endoftext|>']
-  return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+  return tokenizer_lib.vocabulary(WORDS)
 
 
 def save_tokenizer(folder):
-  import transformers  # pylint: disable=g-import-not-at-top
-  folder = pathlib.Path(folder)
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / 'vocab.json').write_text(json.dumps(vocabulary()))
-  (folder / 'merges.txt').write_text('#version: 0.2\n')
-  tokenizer = transformers.CLIPTokenizer(str(folder / 'vocab.json'), str(folder / 'merges.txt'),
-                                         model_max_length=TOKEN_LENGTH)
-  tokenizer.save_pretrained(str(folder))
-  return tokenizer
+  return tokenizer_lib.save_tokenizer(folder, WORDS, TOKEN_LENGTH)
 
 
 def save_common(folder, pixel):

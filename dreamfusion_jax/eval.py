@@ -1,0 +1,430 @@
+"""Evaluating a DreamFusion run: silhouette IoU, colour and CLIP R-precision of its checkpoint.
+
+  python -m dreamfusion_jax.eval --workdir W [--prompt P] [--clip PATH_OR_ID] \
+      [--captions FILE] [--num_views 8] [--size 64]
+
+The newest checkpoint of the run in W (rebuilt from W/config.json) is rendered from fixed
+evaluation cameras, the same for every run: `num_views` cameras on a circle at elevation 30 deg,
+azimuths 0, 360 / num_views, ... deg (azimuth 0 is the front, `camera`'s convention), distance
+1.25 from the origin, looking at it, with a 45 deg horizontal field of view over `size` x `size`
+pixels. The toy objects (inside a sphere of radius 0.4) fill about two thirds of the frame.
+Renders are unlit albedo with the run's own sampling settings, composited over white whatever
+the run's background: the toy world is drawn on white, and the object, not a learned
+background, should earn the CLIP score.
+
+Metrics:
+- toy prompts ("a {colour} {shape}", `toy.world`), against the true object from the same cameras:
+  `iou`, the mean over views of |pred & true| / |pred | true| with pred = NeRF opacity > 0.5 and
+  true = the true object's pixel coverage > 0.5; `color_rgb`, the mean albedo of the pixels with
+  opacity > 0.5, all views pooled; `color`, its nearest toy colour (Euclidean RGB distance);
+  `color_correct`, whether that is the prompt's colour. Other prompts have no truth: null.
+- every prompt: CLIP R-precision (DreamFusion Sec. 4, after Dream Fields), the share of views
+  whose most similar caption (cosine similarity of CLIP embeddings) is the prompt, among the toy
+  prompts (default) or the lines of --captions, the prompt added if missing. The default CLIP is
+  the shipped toy CLIP, which knows only the toy world: a non-toy prompt needs a real CLIP.
+
+W/eval.json holds prompt, iou, color, color_rgb, color_correct, r_precision, clip, num_captions,
+checkpoint_step, cameras {elevation_deg, azimuth_deg, distance, fov_deg, size}, views (one
+{azimuth_deg, elevation_deg, iou, rank, top_caption} per camera; rank 0 = the prompt retrieved
+first) and note (why a non-toy prompt's numbers are limited, else null). W/eval_views.png shows
+the renders and, for toy prompts, the silhouettes compared (see view_strip).
+
+Letters: V views, H = W = size pixels, N captions, D embedding width.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dreamfusion_jax import camera, clip, models, nerf, render, toy, train
+from dreamfusion_jax.toy import world
+
+ELEVATION_DEG = 30.0
+DISTANCE = 1.25
+FOV_DEG = 45.0
+THRESHOLD = 0.5  # Opacity (or coverage) above which a pixel belongs to the object.
+NON_TOY_NOTE = ('not a toy prompt: no true object, so iou and color are null; R-precision '
+                'needs a real CLIP (--clip) and real captions (--captions) to mean anything')
+
+
+class EvalError(ValueError):
+  """An evaluation that cannot run, with a one-line reason and what to change."""
+
+
+def eval_cameras(num_views, size, *, elevation_deg=ELEVATION_DEG, distance=DISTANCE,
+                 fov_deg=FOV_DEG):
+  """The fixed evaluation cameras (see the module docstring).
+
+  Args:
+    num_views: int, number of views V, evenly spaced in azimuth from 0.
+    size: int, image height and width in pixels (the focal length scales with it).
+    elevation_deg: float, elevation of the camera circle in degrees.
+    distance: float, camera distance from the origin.
+    fov_deg: float, horizontal field of view in degrees.
+
+  Returns:
+    camera.Cameras with arrays of leading size V.
+  """
+  focal = float(camera.focal_from_fov(fov_deg, size))
+  return camera.orbit_cameras(num_views, elevation_deg=elevation_deg, distance=distance,
+                              focal=focal)
+
+
+def silhouette_iou(pred_alpha, true_alpha, threshold=THRESHOLD):
+  """Intersection over union of two silhouettes, per image.
+
+  Args:
+    pred_alpha: float [..., H, W] predicted opacity in [0, 1].
+    true_alpha: float [..., H, W] true coverage in [0, 1].
+    threshold: float, a pixel is inside a silhouette where its value is > threshold.
+
+  Returns:
+    float32 [...] |pred & true| / |pred | true|, and 1 where both silhouettes are empty.
+  """
+  pred = np.asarray(pred_alpha) > threshold
+  true = np.asarray(true_alpha) > threshold
+  intersection = np.sum(pred & true, axis=(-2, -1))
+  union = np.sum(pred | true, axis=(-2, -1))
+  return np.where(union > 0, intersection / np.maximum(union, 1), 1.0).astype(np.float32)
+
+
+def mean_color(albedo, alpha, threshold=THRESHOLD):
+  """Mean colour of the object's pixels.
+
+  Args:
+    albedo: float [..., H, W, 3] colours in [0, 1].
+    alpha: float [..., H, W] opacity in [0, 1].
+    threshold: float, pixels with alpha > threshold are averaged.
+
+  Returns:
+    float64 [3] mean RGB over those pixels (all images pooled), or None if there are none.
+  """
+  mask = np.asarray(alpha) > threshold
+  if not mask.any():
+    return None
+  return np.asarray(albedo, np.float64)[mask].mean(axis=0)
+
+
+def nearest_color(rgb, colors=None):
+  """Name of the colour nearest to `rgb` in Euclidean RGB distance.
+
+  Args:
+    rgb: float [3] colour in [0, 1].
+    colors: dict name -> (r, g, b); default the toy world's world.COLORS.
+
+  Returns:
+    str, a key of `colors`.
+  """
+  colors = world.COLORS if colors is None else colors
+  names = list(colors)
+  table = np.asarray([colors[n] for n in names], np.float64)  # [K, 3]
+  return names[int(np.argmin(np.linalg.norm(table - np.asarray(rgb, np.float64), axis=-1)))]
+
+
+def true_renders(color, shape, cameras, size):
+  """Albedo renders of the true toy object from each camera.
+
+  Args:
+    color, shape: a world.COLORS key and a world.SHAPES entry.
+    cameras: camera.Cameras of V views.
+    size: int, H = W.
+
+  Returns:
+    rgb float32 [V, H, W, 3] over white; alpha float32 [V, H, W] pixel coverage.
+  """
+  views = [world.render_view(color, shape, np.asarray(c2w), float(focal), size)
+           for c2w, focal in zip(cameras.c2w, cameras.focal)]
+  return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
+
+
+def render_scene(config, model, params, cameras, size):
+  """Albedo and opacity renders of a DreamFusion scene over a white background.
+
+  The run's own sampling settings (train.make_render_fn), deterministic; all views are rendered
+  together in chunks of at most config.render.chunk_size rays.
+
+  Args:
+    config: the run's ml_collections.ConfigDict (its render settings).
+    model: the NeRF module (train.make_nerf(config), or any field with its interface).
+    params: the train state's params; only params['nerf'] is used.
+    cameras: camera.Cameras of V views.
+    size: int, H = W.
+
+  Returns:
+    albedo float32 [V, H, W, 3] in [0, 1]; opacity float32 [V, H, W] in [0, 1].
+  """
+  render_fn = train.make_render_fn(config)
+
+  @jax.jit
+  def render_chunk(nerf_params, rays):
+    field = nerf.field_fn(model, nerf_params, with_normals=False)
+    white = jnp.broadcast_to(jnp.asarray(world.BACKGROUND, jnp.float32), rays.origins.shape)
+    out = render_fn(jax.random.key(0), field, rays, background=white, randomized=False)[-1]
+    return out.rgb, out.acc
+
+  rays = camera.generate_rays(cameras.c2w, cameras.focal, size, size)  # [V, H, W]
+  chunk_size = min(config.render.chunk_size, len(cameras.c2w) * size * size)
+  albedo, opacity = render.render_image(functools.partial(render_chunk, params['nerf']), rays,
+                                        chunk_size)
+  return (np.clip(np.asarray(albedo, np.float32), 0, 1),
+          np.clip(np.asarray(opacity, np.float32), 0, 1))
+
+
+def toy_scores(albedo, opacity, true_alpha, true_color, threshold=THRESHOLD):
+  """Silhouette and colour scores of renders against the true toy object.
+
+  Args:
+    albedo: float [V, H, W, 3] rendered albedo in [0, 1].
+    opacity: float [V, H, W] rendered opacity.
+    true_alpha: float [V, H, W] the true object's coverage from the same cameras.
+    true_color: str, the prompt's colour (a world.COLORS key).
+    threshold: float silhouette threshold.
+
+  Returns:
+    dict: ious float32 [V]; iou float, their mean; color_rgb float64 [3] or None (nothing
+    opaque); color str or None, its nearest toy colour; color_correct bool.
+  """
+  ious = silhouette_iou(opacity, true_alpha, threshold)
+  rgb = mean_color(albedo, opacity, threshold)
+  color = None if rgb is None else nearest_color(rgb)
+  return {'ious': ious, 'iou': float(np.mean(ious)), 'color_rgb': rgb, 'color': color,
+          'color_correct': color == true_color}
+
+
+def caption_set(prompt, captions=None):
+  """The captions to retrieve among, and which one is the prompt.
+
+  Args:
+    prompt: str, the run's prompt; a toy prompt is matched in its canonical form
+      "a {colour} {shape}".
+    captions: sequence of str, or None for the toy prompts world.PROMPTS. Blank and repeated
+      entries are dropped.
+
+  Returns:
+    (list of N str, int index of the prompt in it); the prompt is appended if missing.
+  """
+  parsed = world.parse_prompt(prompt)
+  target = world.prompt(*parsed) if parsed else prompt.strip()
+  pool = world.PROMPTS if captions is None else captions
+  unique = list(dict.fromkeys(c.strip() for c in pool if c.strip()))
+  if target not in unique:
+    unique.append(target)
+  return unique, unique.index(target)
+
+
+def retrieve(clip_model, images, captions, true_index):
+  """CLIP retrieval of captions from images.
+
+  Args:
+    clip_model: a clip.Clip.
+    images: float32 [V, H, W, 3] in [0, 1].
+    captions: sequence of N str.
+    true_index: int, the index of the correct caption.
+
+  Returns:
+    ranks int32 [V] of the correct caption (0 = retrieved first, ties counting against it);
+    top int [V] index of each view's most similar caption.
+  """
+  embed_images = jax.jit(clip.Clip.embed_images)  # Faster than op by op, even compiled once.
+  image_emb = np.asarray(embed_images(clip_model, np.asarray(images, np.float32)))  # [V, D]
+  text_emb = np.asarray(clip_model.embed_text(list(captions)))  # [N, D]
+  truth = np.full((len(images),), true_index, np.int32)
+  ranks = np.asarray(clip.retrieval_ranks(image_emb, text_emb, truth), np.int32)
+  return ranks, np.argmax(image_emb @ text_emb.T, axis=-1)
+
+
+def view_strip(albedo, opacity, true_alpha=None, threshold=THRESHOLD):
+  """A PNG-ready strip: the albedo renders, and below them the silhouettes compared.
+
+  Args:
+    albedo: float [V, H, W, 3] renders in [0, 1].
+    opacity: float [V, H, W] predicted opacity.
+    true_alpha: float [V, H, W] true coverage, or None (no second row).
+    threshold: float silhouette threshold.
+
+  Returns:
+    uint8 [H, V * W, 3], or [2 H, V * W, 3] with the comparison row: black where both silhouettes
+    agree on the object, red where only the true one is (missed), blue where only the
+    prediction is (extra), white elsewhere.
+  """
+  rows = [np.concatenate(list(np.asarray(albedo)), axis=1)]
+  if true_alpha is not None:
+    pred = np.asarray(opacity) > threshold
+    true = np.asarray(true_alpha) > threshold
+    compare = np.ones(pred.shape + (3,), np.float32)
+    compare[pred & true] = 0.0
+    compare[true & ~pred] = (1.0, 0.0, 0.0)
+    compare[pred & ~true] = (0.0, 0.0, 1.0)
+    rows.append(np.concatenate(list(compare), axis=1))
+  return np.round(np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
+
+
+def load_config(workdir):
+  """The ml_collections.ConfigDict of the DreamFusion run in `workdir`; raises EvalError."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise EvalError(f'--workdir {workdir} is not a folder: pass the folder of a DreamFusion run')
+  config_file = workdir / 'config.json'
+  if not config_file.is_file():
+    raise EvalError(f'{config_file} not found: --workdir must be a DreamFusion run folder')
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  except ValueError as e:
+    raise EvalError(f'{config_file} is not a run config ({e})') from e
+  if config.get('method') != 'dreamfusion':
+    raise EvalError(f'{config_file} is a config.method={config.get("method")!r} run: only '
+                    'DreamFusion runs can be evaluated')
+  return config
+
+
+def check_checkpoints(workdir):
+  """Raises EvalError unless `workdir`/checkpoints holds at least one step folder."""
+  folder = pathlib.Path(workdir) / 'checkpoints'
+  # Checked before opening them: the Checkpointer would create a missing folder.
+  if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
+    raise EvalError(f'{folder} holds no checkpoint: train the run first (python -m '
+                    'dreamfusion_jax.main --config ... --workdir ...)')
+
+
+def restore_params(config, workdir):
+  """(params, step) of the newest readable checkpoint of a run; raises EvalError."""
+  workdir = pathlib.Path(workdir)
+  check_checkpoints(workdir)
+  model, background_model = train.make_nerf(config), train.make_background(config)
+  template = train.init_dreamfusion_state(config, model, background_model,
+                                          train.make_optimizer(config))
+  ckpt, state, step = train.open_checkpoints(config, workdir, template)
+  ckpt.close()
+  if state is None:
+    raise EvalError(f'{workdir / "checkpoints"} holds no readable checkpoint')
+  return state.params, int(step)
+
+
+def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name='',
+             num_views=8, size=64):
+  """Evaluates the newest checkpoint of a DreamFusion run.
+
+  Args:
+    config: the run's ml_collections.ConfigDict (load_config).
+    workdir: path of the run folder (its checkpoints/ are read, nothing is written).
+    prompt: str, the text the scene should show.
+    clip_model: a clip.Clip for R-precision.
+    captions: sequence of str to retrieve among (see caption_set), or None for the toy prompts.
+    clip_name: str recorded as the CLIP's path or id.
+    num_views: int V.
+    size: int, H = W.
+
+  Returns:
+    (results, strip): the eval.json dict (keys as in the module docstring; `views` one dict
+    per camera) and the uint8 view_strip image.
+  """
+  params, step = restore_params(config, workdir)
+  cameras = eval_cameras(num_views, size)
+  albedo, opacity = render_scene(config, train.make_nerf(config), params, cameras, size)
+  caption_list, true_index = caption_set(prompt, captions)
+  ranks, top = retrieve(clip_model, albedo, caption_list, true_index)
+  parsed = world.parse_prompt(prompt)
+  true_alpha = None
+  scores = {'ious': [None] * num_views, 'iou': None, 'color': None, 'color_correct': None,
+            'color_rgb': mean_color(albedo, opacity)}
+  if parsed is not None:
+    _, true_alpha = true_renders(*parsed, cameras, size)
+    scores = toy_scores(albedo, opacity, true_alpha, parsed[0])
+  rgb = scores['color_rgb']
+  views = [{'azimuth_deg': float(cameras.azimuth_deg[i]),
+            'elevation_deg': float(cameras.elevation_deg[i]),
+            'iou': None if parsed is None else float(scores['ious'][i]), 'rank': int(ranks[i]),
+            'top_caption': caption_list[int(top[i])]} for i in range(num_views)]
+  return {
+      'prompt': prompt,
+      'iou': scores['iou'],
+      'color': scores['color'],
+      'color_rgb': None if rgb is None else [round(float(c), 4) for c in rgb],
+      'color_correct': scores['color_correct'],
+      'r_precision': float(clip.r_precision(ranks)),
+      'clip': clip_name,
+      'num_captions': len(caption_list),
+      'checkpoint_step': step,
+      'cameras': {'elevation_deg': ELEVATION_DEG, 'azimuth_deg': [v['azimuth_deg'] for v in views],
+                  'distance': DISTANCE, 'fov_deg': FOV_DEG, 'size': size},
+      'views': views,
+      'note': None if parsed is not None else NON_TOY_NOTE,
+  }, view_strip(albedo, opacity, true_alpha)
+
+
+def summary(results, path):
+  """One line describing an eval.json dict written to `path`."""
+  parts = [f'eval of {results["prompt"]!r} (checkpoint {results["checkpoint_step"]}):']
+  if results['iou'] is not None:
+    verdict = 'correct' if results['color_correct'] else 'wrong'
+    parts.append(f'IoU {results["iou"]:.3f}, colour {results["color"]} ({verdict}),')
+  parts.append(f'CLIP R-precision {results["r_precision"]:.3f} among '
+               f'{results["num_captions"]} captions; wrote {path}')
+  if results['note']:
+    parts.append(f'({results["note"]})')
+  return ' '.join(parts)
+
+
+def _read_captions(path):
+  """Lines of a captions file; raises EvalError."""
+  try:
+    return pathlib.Path(path).read_text().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise EvalError(f'--captions {path}: cannot read it ({e}); pass a text file, one caption '
+                    'per line') from e
+
+
+def _load_clip(path_or_id):
+  """clip.Clip.from_pretrained with its failures as EvalError."""
+  try:
+    return clip.Clip.from_pretrained(path_or_id)
+  except (models.ModelError, OSError, ValueError) as e:
+    raise EvalError(f'--clip {path_or_id}: cannot load it as a CLIP model '
+                    f'({" ".join(str(e).split())})') from e
+
+
+def main(argv=None):
+  """`python -m dreamfusion_jax.eval --workdir W`: IoU, colour and R-precision into W/eval.json."""
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument('--workdir', required=True, help='the folder of a DreamFusion run')
+  parser.add_argument('--prompt', default=None, help='default: the run\'s config.prompt')
+  parser.add_argument('--clip', default=str(toy.CLIP_DIR),
+                      help='CLIP folder or hub id (default: the shipped toy CLIP)')
+  parser.add_argument('--captions', default=None,
+                      help='text file, one caption per line (default: the 30 toy prompts); '
+                      'the prompt is added if missing')
+  parser.add_argument('--num_views', type=int, default=8)
+  parser.add_argument('--size', type=int, default=64)
+  args = parser.parse_args(argv)
+  try:
+    if args.num_views < 1 or args.size < 8:
+      raise EvalError(f'--num_views={args.num_views} must be >= 1 and --size={args.size} >= 8')
+    config = load_config(args.workdir)
+    prompt = config.prompt if args.prompt is None else args.prompt
+    if not prompt.strip():
+      raise EvalError('the prompt is empty: pass --prompt')
+    captions = None if args.captions is None else _read_captions(args.captions)
+    check_checkpoints(args.workdir)  # Before the slow CLIP load.
+    clip_model = _load_clip(args.clip)
+    results, strip = evaluate(config, args.workdir, prompt, clip_model, captions,
+                              clip_name=args.clip, num_views=args.num_views, size=args.size)
+  except (EvalError, train.ConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  path = pathlib.Path(args.workdir) / 'eval.json'
+  path.write_text(json.dumps(results, indent=2))
+  iio.imwrite(path.with_name('eval_views.png'), strip)
+  print(summary(results, path))
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

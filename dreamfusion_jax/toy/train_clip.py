@@ -1,0 +1,286 @@
+"""Trains the toy world's CLIP (a small ViT and text transformer, 32x32) contrastively.
+
+  python -m dreamfusion_jax.toy.train_clip --out dreamfusion_jax/toy/weights/clip
+
+A transformers FlaxCLIPModel learns CLIP's symmetric InfoNCE loss with a learned temperature on
+renders of the TRAIN_PROMPTS (never the HELDOUT ones), each captioned by its prompt "a {colour}
+{shape}" without a view suffix: R-precision retrieves the prompt. Every batch holds G groups, each
+group every training prompt once with a random view, so no batch has two positives for a caption.
+At the end the model is measured on renders of the HELDOUT prompts from fresh DreamFusion cameras,
+retrieving among all 30 world.PROMPTS. The folder is a transformers CLIP folder (config.json,
+flax_model.msgpack, tokenizer, preprocessor_config.json) that clip.Clip.from_pretrained loads.
+Reproducible from --seed.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from dreamfusion_jax import clip
+from dreamfusion_jax.toy import tokenizer as tokenizer_lib
+from dreamfusion_jax.toy import train_prior
+from dreamfusion_jax.toy import ema_step
+from dreamfusion_jax.toy import world
+
+TOKEN_LENGTH = train_prior.TOKEN_LENGTH
+WIDTH = 64
+MAX_LOGIT_SCALE = 100.0  # CLIP clips the learned temperature's inverse at 100.
+
+
+def clip_config(vocab_size, bos_id, eos_id, image_size, patch_size, width=WIDTH,
+                projection_dim=WIDTH):
+  """A transformers.CLIPConfig: a 3-layer ViT and a 2-layer text transformer of `width`."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  text = train_prior.text_config(vocab_size, bos_id, eos_id, width, projection_dim)
+  vision = transformers.CLIPVisionConfig(
+      image_size=image_size, patch_size=patch_size, hidden_size=width,
+      intermediate_size=2 * width, num_hidden_layers=3, num_attention_heads=4,
+      projection_dim=projection_dim)
+  return transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                 projection_dim=projection_dim)
+
+
+def build_model(folder, image_size, patch_size, seed):
+  """A fresh FlaxCLIPModel and its tokenizer (the tokenizer files are written to `folder`)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  transformers.utils.logging.set_verbosity_error()
+  tokenizer = tokenizer_lib.save_tokenizer(folder, world.WORDS, TOKEN_LENGTH)
+  vocab = tokenizer.get_vocab()
+  config = clip_config(len(vocab), vocab[tokenizer_lib.BOS], vocab[tokenizer_lib.EOS],
+                       image_size, patch_size)
+  return transformers.FlaxCLIPModel(config, seed=seed), tokenizer
+
+
+def attribute_captions():
+  """Captions of one attribute each: every colour ("red") then every shape ("a cube")."""
+  return tuple(world.COLORS) + tuple(f'a {shape}' for shape in world.SHAPES)
+
+
+def attribute_membership(prompts):
+  """float32 [P, A] 1 where prompt p has attribute a (attribute_captions order), else 0."""
+  membership = np.zeros((len(prompts), len(world.COLORS) + len(world.SHAPES)), np.float32)
+  for p, text in enumerate(prompts):
+    color, shape = world.parse_prompt(text)
+    membership[p, list(world.COLORS).index(color)] = 1.0
+    membership[p, len(world.COLORS) + world.SHAPES.index(shape)] = 1.0
+  return membership
+
+
+def contrastive_loss(image_emb, text_emb, membership, logit_scale):
+  """CLIP's symmetric InfoNCE loss with label-aware (multi-positive) targets, per group.
+
+  With membership = identity this is CLIP's loss; otherwise each image's target is uniform over
+  the captions it matches, and each caption's target uniform over the images it matches.
+
+  Args:
+    image_emb: float [G, P, D] L2-normalised; image p of every group shows training prompt p.
+    text_emb: float [T, D] L2-normalised caption embeddings.
+    membership: float [P, T], 1 where caption t describes prompt p's images; no empty rows or
+      columns.
+    logit_scale: float scalar, log of the inverse temperature (clipped at log 100).
+
+  Returns:
+    float scalar: mean of the image-to-text and text-to-image cross-entropies.
+  """
+  scale = jnp.exp(jnp.minimum(logit_scale, jnp.log(MAX_LOGIT_SCALE)))
+  logits = scale * jnp.einsum('gpd,td->gpt', image_emb, text_emb)  # [G, P images, T texts]
+  image_target = membership / jnp.sum(membership, axis=1, keepdims=True)
+  text_target = membership.T / jnp.sum(membership, axis=0)[:, None]
+  image_to_text = optax.softmax_cross_entropy(logits, image_target)
+  text_to_image = optax.softmax_cross_entropy(logits.transpose(0, 2, 1), text_target)
+  return 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
+
+
+def augment(key, images):
+  """Random horizontal flips of float [..., H, W, 3] images (a mirrored render is still valid)."""
+  flip = jax.random.bernoulli(key, 0.5, images.shape[:-3])[..., None, None, None]
+  return jnp.where(flip, images[..., ::-1, :], images)
+
+
+def desaturate(key, images):
+  """Partly gray versions of float [..., H, W, 3] images, a random amount each.
+
+  The gray is a random convex mix of the channels rather than luminance, so an object's gray
+  level is no clue to its shape (under luminance every yellow object is light and every blue one
+  dark); the mix towards it is uniform in [0, 1], so colour fades continuously and the features
+  that read shape from gray also serve coloured images.
+  """
+  key_weights, key_mix = jax.random.split(key)
+  weights = jax.random.dirichlet(key_weights, jnp.ones(3), images.shape[:-3])  # [..., 3]
+  gray = jnp.einsum('...hwc,...c->...hw', images, weights)[..., None]
+  mix = jax.random.uniform(key_mix, images.shape[:-3])[..., None, None, None]
+  return mix * gray + (1.0 - mix) * images
+
+
+def normalize_images(images, mean, std):
+  """NCHW float32 model input [B, 3, H, W] of float [B, H, W, 3] images in [0, 1]."""
+  x = (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return x.transpose(0, 3, 1, 2)
+
+
+def make_train_step(model, optimizer, membership, attribute_weight, gray_weight, ema_decay):
+  """The jitted step (params, ema, opt_state, images [G, P, H, W, 3], ids [P + A, L], key, step)
+  -> (params, ema, opt_state, loss).
+
+  The loss is the prompts' InfoNCE, plus `attribute_weight` times the attribute captions'
+  (membership float [P, A], colours then shapes), plus `gray_weight` times the shape captions'
+  on desaturated copies of the first two groups: shape read from achromatic contrast, so that
+  it does not hinge on the colours each shape was seen in (HELDOUT pairs are never shown).
+  `ema` is the moving average of the parameters.
+  """
+  num_prompts = membership.shape[0]
+  num_colors = len(world.COLORS)
+
+  def embed(params, images):  # [G, P, H, W, 3] -> [G, P, D]
+    g, p = images.shape[:2]
+    emb = model.get_image_features(normalize_images(
+        images.reshape(g * p, *images.shape[2:]), clip.OPENAI_MEAN, clip.OPENAI_STD),
+                                   params=params)
+    return clip.l2_normalize(emb).reshape(g, p, -1)
+
+  def loss_fn(params, images, ids, key):
+    key_flip, key_gray = jax.random.split(key)
+    images = augment(key_flip, images)
+    image_emb = embed(params, images)
+    text_emb = clip.l2_normalize(model.get_text_features(ids, params=params))
+    prompt_emb, attribute_emb = text_emb[:num_prompts], text_emb[num_prompts:]
+    scale = params['logit_scale']
+    loss = contrastive_loss(image_emb, prompt_emb, jnp.eye(num_prompts), scale)
+    if attribute_weight > 0:
+      loss += attribute_weight * contrastive_loss(image_emb, attribute_emb, membership, scale)
+    if gray_weight > 0:
+      gray_emb = embed(params, desaturate(key_gray, images[:2]))
+      loss += gray_weight * contrastive_loss(gray_emb, attribute_emb[num_colors:],
+                                             membership[:, num_colors:], scale)
+    return loss
+
+  return ema_step.make_ema_step(loss_fn, optimizer, ema_decay)
+
+
+def make_optimizer(lr, steps, weight_decay):
+  """AdamW under warm-up and cosine decay, with weight decay on matrices only."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10 + 1), steps,
+                                                lr * 0.02)
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
+
+
+def heldout_r_precision(model, params, tokenizer, images, prompt_index, prompts):
+  """R-precision of renders of `prompts` (indices into them), retrieving among world.PROMPTS."""
+  frozen = clip.Clip(params=params, module=model, tokenizer=tokenizer,
+                     image_size=images.shape[1])
+  true_index = np.asarray([world.PROMPTS.index(p) for p in prompts])[prompt_index]
+  image_emb = jax.jit(clip.Clip.embed_images)(frozen, images)
+  ranks = clip.retrieval_ranks(image_emb, frozen.embed_text(world.PROMPTS), true_index)
+  return float(clip.r_precision(ranks))
+
+
+def save(folder, model, params, image_size, info):
+  """Writes the model, the image processor config and training.json (the tokenizer is there)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  model.save_pretrained(str(folder), params=jax.device_get(params))
+  transformers.CLIPImageProcessor(
+      size={'shortest_edge': image_size}, crop_size={'height': image_size, 'width': image_size},
+      image_mean=list(clip.OPENAI_MEAN), image_std=list(clip.OPENAI_STD)).save_pretrained(
+          str(folder))
+  (folder / 'training.json').write_text(json.dumps(info, indent=2))
+
+
+def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch_size, lr,
+          weight_decay, attribute_weight, gray_weight, ema_decay, seed, eval_every):
+  """Renders the data, trains, evaluates on HELDOUT and saves to `out`; returns the info dict."""
+  start = time.time()
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  key_data, key_eval, key_train = jax.random.split(jax.random.key(seed), 3)
+  prompts = world.TRAIN_PROMPTS
+  print(f'rendering {len(prompts)} prompts x {views_per_prompt} views and '
+        f'{len(world.HELDOUT)} held-out x {eval_views} at {resolution}px', file=sys.stderr)
+  images, _, _, _ = world.render_dataset(key_data, prompts, views_per_prompt, resolution)
+  images = images.reshape(len(prompts), views_per_prompt, resolution, resolution, 3)
+  eval_images, _, _, eval_index = world.render_dataset(key_eval, world.HELDOUT, eval_views,
+                                                       resolution)
+  model, tokenizer = build_model(out, resolution, patch_size, seed)
+  ids = train_prior.tokenize(tokenizer, prompts + attribute_captions())
+  optimizer = make_optimizer(lr, steps, weight_decay)
+  params = model.params
+  opt_state = optimizer.init(params)
+  ema = jax.tree.map(jnp.copy, params)
+  step_fn = make_train_step(model, optimizer, jnp.asarray(attribute_membership(prompts)),
+                            attribute_weight, gray_weight, ema_decay)
+  rng = np.random.default_rng(seed)
+  losses, history = [], []
+  bar = tqdm.tqdm(range(steps), desc='toy clip', dynamic_ncols=True, file=sys.stderr)
+  for step in bar:
+    views = rng.integers(0, views_per_prompt, (groups, len(prompts)))
+    batch = images[np.arange(len(prompts))[None, :], views]  # [G, P, H, W, 3]
+    params, ema, opt_state, loss = step_fn(params, ema, opt_state, batch, ids,
+                                           jax.random.fold_in(key_train, step), step)
+    losses.append(float(loss))
+    if (step + 1) % 50 == 0:
+      bar.set_postfix(loss=f'{np.mean(losses[-100:]):.4f}')
+    if (step + 1) % eval_every == 0 or step + 1 == steps:
+      r_prec = heldout_r_precision(model, ema, tokenizer, eval_images, eval_index,
+                                   world.HELDOUT)
+      history.append(dict(step=step + 1, loss=round(float(np.mean(losses[-100:])), 5),
+                          heldout_r_precision=r_prec))
+      bar.write(f'step {step + 1}: loss {history[-1]["loss"]:.4f}, held-out R-precision '
+                f'{r_prec:.3f}', file=sys.stderr)
+  info = dict(
+      steps=steps, final_loss=float(np.mean(losses[-100:])),
+      heldout_r_precision=history[-1]['heldout_r_precision'],
+      heldout_views_per_prompt=eval_views, retrieval_set='world.PROMPTS (30)',
+      logit_scale=float(ema['logit_scale']), seconds=round(time.time() - start, 1),
+      seed=seed, args=dict(steps=steps, groups=groups, views_per_prompt=views_per_prompt,
+                           eval_views=eval_views, resolution=resolution,
+                           patch_size=patch_size, lr=lr,
+                           weight_decay=weight_decay, attribute_weight=attribute_weight,
+                           gray_weight=gray_weight, ema_decay=ema_decay, seed=seed,
+                           eval_every=eval_every),
+      train_prompts=list(prompts), heldout=list(world.HELDOUT), history=history)
+  save(out, model, ema, resolution, info)
+  return info
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='output folder (transformers CLIP layout)')
+  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--groups', type=int, default=4,
+                      help='groups per batch, each every training prompt once')
+  parser.add_argument('--views_per_prompt', type=int, default=256)
+  parser.add_argument('--eval_views', type=int, default=40,
+                      help='renders per held-out prompt for the final R-precision')
+  parser.add_argument('--resolution', type=int, default=32)
+  parser.add_argument('--patch_size', type=int, default=8)
+  parser.add_argument('--lr', type=float, default=1e-3)
+  parser.add_argument('--weight_decay', type=float, default=0.05)
+  parser.add_argument('--attribute_weight', type=float, default=0.5,
+                      help='weight of the single-attribute captions ("red", "a cube") loss')
+  parser.add_argument('--gray_weight', type=float, default=1.0,
+                      help='weight of the shape captions\' loss on desaturated renders')
+  parser.add_argument('--ema_decay', type=float, default=0.995)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--eval_every', type=int, default=250)
+  args = parser.parse_args(argv)
+  info = train(args.out, steps=args.steps, groups=args.groups,
+               views_per_prompt=args.views_per_prompt, eval_views=args.eval_views,
+               resolution=args.resolution, patch_size=args.patch_size, lr=args.lr,
+               weight_decay=args.weight_decay, attribute_weight=args.attribute_weight,
+               gray_weight=args.gray_weight, ema_decay=args.ema_decay,
+               seed=args.seed, eval_every=args.eval_every)
+  print(f'saved {args.out}: {info["steps"]} steps, final loss {info["final_loss"]:.4f}, '
+        f'held-out R-precision {info["heldout_r_precision"]:.3f}, {info["seconds"]:.0f} s')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,65 @@
+"""Tests of the shipped toy prior, the DDIM sampler and the prior's training script."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamfusion_jax import camera
+from dreamfusion_jax import guidance
+from dreamfusion_jax import sampling
+from dreamfusion_jax import toy
+from dreamfusion_jax.toy import sample_prior
+from dreamfusion_jax.toy import train_prior
+from dreamfusion_jax.toy import world
+
+
+@pytest.fixture(scope='module')
+def prior():
+  return guidance.Diffusion.from_pretrained(str(toy.PRIOR_DIR))
+
+
+def test_shipped_prior_loads_like_a_hub_model_and_is_small(prior):
+  assert not prior.is_latent and prior.resolution == 32
+  size = sum(f.stat().st_size for f in toy.PRIOR_DIR.rglob('*') if f.is_file())
+  assert size < 25e6
+  info = json.loads((toy.PRIOR_DIR / 'training.json').read_text())
+  assert not set(info['train_prompts']) & set(toy.HELDOUT)
+
+
+def test_shipped_prior_tokenizes_every_caption_word_whole(prior):
+  tokenizer = prior.text.tokenizer
+  for view in camera.VIEW_NAMES:
+    ids = tokenizer(f'a purple cylinder, {view} view').input_ids
+    assert len(ids) == 8  # BOS a purple cylinder , view-name view EOS.
+
+
+def test_color_classifier_ignores_shading():
+  for name, rgb in world.COLORS.items():
+    assert sample_prior.classify_color(0.4 * np.asarray(rgb)) == name
+  assert sample_prior.classify_color(np.full(3, np.nan)) is None
+  image = np.ones((8, 8, 3), np.float32)
+  image[2:5, 2:5] = world.COLORS['purple']
+  np.testing.assert_allclose(sample_prior.object_color(image), world.COLORS['purple'], atol=1e-6)
+
+
+def test_ddim_schedule_and_latent_models_are_refused(tmp_path):
+  steps = sampling.ddim_timesteps(1000, 10)
+  assert steps[0] == 999 and steps[-1] == 0 and np.all(np.diff(steps) < 0)
+  fake = guidance.Diffusion(unet_params={}, vae_params={}, alphas_cumprod=jnp.ones(10),
+                            unet=None, vae=object(), text=None)
+  emb = guidance.TextEmbeddings(cond=jnp.zeros((1, 2, 4)), uncond=jnp.zeros((1, 2, 4)))
+  with pytest.raises(ValueError, match='pixel-space'):
+    sampling.ddim_sample(fake, emb, jax.random.key(0))
+
+
+def test_train_prior_writes_a_loadable_model(tmp_path):
+  info = train_prior.train(tmp_path / 'prior', steps=2, batch_size=2, views_per_prompt=1,
+                           resolution=16, lr=1e-3, seed=0, save_every=2)
+  assert info['steps'] == 2 and np.isfinite(info['final_loss'])
+  model = guidance.Diffusion.from_pretrained(str(tmp_path / 'prior'))
+  assert model.resolution == 16 and not model.is_latent
+  emb = model.encode_views('a red cube')
+  assert emb.cond.shape[0] == 4 and not np.allclose(emb.cond[0], emb.cond[1])
