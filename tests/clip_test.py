@@ -112,9 +112,12 @@ def test_embed_images_resizes(toy_clip):
   views = world.sample_views(jax.random.key(5), 1, 32)
   big, _ = world.render_view('blue', 'cube', views['c2w'][0], 2.0 * views['focal'][0], 64)
   small, _ = world.render_view('blue', 'cube', views['c2w'][0], views['focal'][0], 32)
-  emb = toy_clip.embed_images(np.stack([big, small]))
-  assert emb.shape == (2, toy_clip.embed_text('a').shape[1])
-  assert float(emb[0] @ emb[1]) > 0.9  # The same view at twice the resolution.
+  other, _ = world.render_view('red', 'torus', views['c2w'][0], views['focal'][0], 32)
+  emb_big = toy_clip.embed_images(big[None])  # Resized from 64 to the CLIP's 32 px.
+  emb = toy_clip.embed_images(np.stack([small, other]))
+  assert emb_big.shape == (1, toy_clip.embed_text('a').shape[1])
+  assert float(emb_big[0] @ emb[0]) > 0.9  # The same view at twice the resolution.
+  assert float(emb_big[0] @ emb[0]) > float(emb_big[0] @ emb[1]) + 0.5  # Not another object.
 
 
 def test_tiny_random_clip_round_trips(tmp_path):
