@@ -431,8 +431,10 @@ def fit_dreamfusion(config, workdir):
   writer.close()
   if state is None:
     return None  # Preempted: the checkpoint is written, the job can be restarted.
+  train_seconds = time.time() - start
   export_assets(config, workdir, state)
-  metrics = {'steps': int(state.step), 'seconds': time.time() - start}
+  metrics = {'steps': int(state.step), 'seconds': time.time() - start,
+             'train_seconds': train_seconds, 'export_seconds': time.time() - start - train_seconds}
   (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
   return metrics
 

@@ -24,7 +24,7 @@ def toy_clip():
 @pytest.fixture(scope='module')
 def heldout_renders():
   """Renders of the HELDOUT prompts from random DreamFusion cameras (a key training never used)."""
-  images, _, _, index = world.render_dataset(jax.random.key(2024), world.HELDOUT, 8, 32)
+  images, _, _, index = world.render_dataset(jax.random.key(2024), world.HELDOUT, 40, 32)
   true_index = np.asarray([world.PROMPTS.index(p) for p in world.HELDOUT])[index]
   return images, true_index
 
@@ -66,8 +66,10 @@ def test_heldout_r_precision(toy_clip, heldout_renders):
   images, true_index = heldout_renders
   ranks = clip.retrieval_ranks(toy_clip.embed_images(images),
                                toy_clip.embed_text(list(world.PROMPTS)), true_index)
-  # The shipped interim CLIP measures 0.68 here (chance 1/30); the toy-world target is 0.9.
-  assert float(clip.r_precision(ranks)) >= 0.6, np.asarray(ranks)
+  # 200 renders, the protocol of train_clip's own held-out figure (chance 1/30). The shipped CLIP
+  # measures 0.8 to 0.82 on such draws, short of the 0.9 aimed at: the yellow sphere, which no
+  # sphere of a nearby hue ever prepared it for, is read as a cylinder a third of the time.
+  assert float(clip.r_precision(ranks)) >= 0.78, np.asarray(ranks)
 
 
 def test_retrieval_identity_and_wrong_assignment():

@@ -36,6 +36,14 @@ def test_shipped_prior_tokenizes_every_caption_word_whole(prior):
     assert len(ids) == 8  # BOS a purple cylinder , view-name view EOS.
 
 
+def test_prior_samples_have_the_prompts_colour(prior):
+  prompts = ['a green cube', 'a orange cone', 'a blue torus', 'a yellow sphere']  # Last: held out.
+  samples = sample_prior.sample_prompts(prior, prompts, jax.random.key(0), num_steps=25)
+  assert samples.shape == (4, 4, 32, 32, 3)
+  accuracy, per_prompt = sample_prior.color_accuracy(samples, prompts)
+  assert accuracy >= 0.75, per_prompt  # Chance is 1/6.
+
+
 def test_color_classifier_ignores_shading():
   for name, rgb in world.COLORS.items():
     assert sample_prior.classify_color(0.4 * np.asarray(rgb)) == name
@@ -60,6 +68,6 @@ def test_train_prior_writes_a_loadable_model(tmp_path):
                            resolution=16, lr=1e-3, seed=0, save_every=2)
   assert info['steps'] == 2 and np.isfinite(info['final_loss'])
   model = guidance.Diffusion.from_pretrained(str(tmp_path / 'prior'))
-  assert model.resolution == 16 and not model.is_latent
+  assert model.resolution == 16 and not model.is_latent and model.prediction_type == 'v_prediction'
   emb = model.encode_views('a red cube')
   assert emb.cond.shape[0] == 4 and not np.allclose(emb.cond[0], emb.cond[1])

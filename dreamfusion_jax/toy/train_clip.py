@@ -13,6 +13,7 @@ Reproducible from --seed.
 """
 
 import argparse
+import colorsys
 import json
 import pathlib
 import sys
@@ -25,9 +26,9 @@ import optax
 import tqdm
 
 from dreamfusion_jax import clip
+from dreamfusion_jax.toy import ema_step
 from dreamfusion_jax.toy import tokenizer as tokenizer_lib
 from dreamfusion_jax.toy import train_prior
-from dreamfusion_jax.toy import ema_step
 from dreamfusion_jax.toy import world
 
 TOKEN_LENGTH = train_prior.TOKEN_LENGTH
@@ -105,19 +106,83 @@ def augment(key, images):
   return jnp.where(flip, images[..., ::-1, :], images)
 
 
-def desaturate(key, images):
-  """Partly gray versions of float [..., H, W, 3] images, a random amount each.
+def hue_deg(rgb):
+  """Hue in degrees [0, 360) of an RGB triple."""
+  return 360.0 * colorsys.rgb_to_hsv(*rgb)[0]
 
-  The gray is a random convex mix of the channels rather than luminance, so an object's gray
-  level is no clue to its shape (under luminance every yellow object is light and every blue one
-  dark); the mix towards it is uniform in [0, 1], so colour fades continuously and the features
-  that read shape from gray also serve coloured images.
+
+def recolor_arcs(prompts):
+  """The hues each prompt's shape may be recoloured to: float32 [P, 2] (start_deg, length_deg).
+
+  The whole hue circle except, for every HELDOUT colour of the shape, the open arc between the
+  shape's two training colours nearest on either side: no recoloured shape is closer in hue to
+  its held-out colour than the training renders of that shape already are.
   """
-  key_weights, key_mix = jax.random.split(key)
-  weights = jax.random.dirichlet(key_weights, jnp.ones(3), images.shape[:-3])  # [..., 3]
-  gray = jnp.einsum('...hwc,...c->...hw', images, weights)[..., None]
-  mix = jax.random.uniform(key_mix, images.shape[:-3])[..., None, None, None]
-  return mix * gray + (1.0 - mix) * images
+  arcs = []
+  for text in prompts:
+    shape = world.parse_prompt(text)[1]
+    seen = sorted(hue_deg(world.COLORS[c]) for c in world.COLORS
+                  if world.prompt(c, shape) in prompts)
+    start, length = 0.0, 360.0
+    for held in (world.parse_prompt(h) for h in world.HELDOUT):
+      if held[1] == shape:
+        hue = hue_deg(world.COLORS[held[0]])
+        below = max((h for h in seen if h < hue), default=seen[-1] - 360.0)
+        above = min((h for h in seen if h > hue), default=seen[0] + 360.0)
+        start, length = above % 360.0, 360.0 - (above - below)
+    arcs.append((start, length))
+  return np.asarray(arcs, np.float32)
+
+
+def shading_coverage(images, alphas, prompts):
+  """Per-pixel albedo factor S of renders, so that rgb = albedo * S + (1 - alpha) exactly.
+
+  world.render_view averages albedo * shading over covered subsamples and white elsewhere, so S
+  (coverage times mean shading) is read off the channel with the largest albedo.
+
+  Args:
+    images: float32 [P, V, H, W, 3] renders of `prompts` over white.
+    alphas: float32 [P, V, H, W] coverage.
+    prompts: the P toy prompts.
+
+  Returns:
+    float32 [P, V, H, W] in [0, 1].
+  """
+  albedo = np.asarray([world.COLORS[world.parse_prompt(p)[0]] for p in prompts], np.float32)
+  channel = np.argmax(albedo, axis=1)
+  rgb = np.take_along_axis(images, channel[:, None, None, None, None], axis=-1)[..., 0]
+  peak = albedo[np.arange(len(prompts)), channel][:, None, None, None]
+  return np.clip((rgb - (1.0 - alphas)) / peak, 0.0, 1.0).astype(np.float32)
+
+
+def hsv_to_rgb(hue_deg_, saturation, value):
+  """float [..., 3] RGB of HSV colours (hue in degrees, saturation and value in [0, 1])."""
+  n = jnp.asarray([5.0, 3.0, 1.0])
+  k = jnp.mod(n + hue_deg_[..., None] / 60.0, 6.0)
+  ramp = jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+  return value[..., None] * (1.0 - saturation[..., None] * ramp)
+
+
+def recolor(key, coverage, alphas, arcs):
+  """Renders recoloured to a random colour each, hue drawn from its shape's allowed arc.
+
+  Args:
+    key: a PRNG key.
+    coverage: float [G, P, H, W] shading_coverage of renders of the P prompts.
+    alphas: float [G, P, H, W] their coverage.
+    arcs: float [P, 2] recolor_arcs of the prompts.
+
+  Returns:
+    float32 [G, P, H, W, 3] images over white, saturation uniform in [0, 1] (gray included) and
+    value in [0.3, 1].
+  """
+  key_hue, key_sat, key_val = jax.random.split(key, 3)
+  batch = coverage.shape[:2]
+  hue = arcs[:, 0] + jax.random.uniform(key_hue, batch) * arcs[:, 1]
+  albedo = hsv_to_rgb(hue, jax.random.uniform(key_sat, batch),
+                      jax.random.uniform(key_val, batch, minval=0.3, maxval=1.0))
+  return (albedo[:, :, None, None, :] * coverage[..., None]
+          + (1.0 - alphas)[..., None])
 
 
 def normalize_images(images, mean, std):
@@ -126,40 +191,41 @@ def normalize_images(images, mean, std):
   return x.transpose(0, 3, 1, 2)
 
 
-def make_train_step(model, optimizer, membership, attribute_weight, gray_weight, ema_decay):
-  """The jitted step (params, ema, opt_state, images [G, P, H, W, 3], ids [P + A, L], key, step)
-  -> (params, ema, opt_state, loss).
+def make_train_step(model, optimizer, membership, arcs, attribute_weight, recolor_weight,
+                    ema_decay):
+  """The jitted step (params, ema, opt_state, batch, ids [P + A, L], key, step) -> (params, ema,
+  opt_state, loss).
 
-  The loss is the prompts' InfoNCE, plus `attribute_weight` times the attribute captions'
-  (membership float [P, A], colours then shapes), plus `gray_weight` times the shape captions'
-  on desaturated copies of the first two groups: shape read from achromatic contrast, so that
-  it does not hinge on the colours each shape was seen in (HELDOUT pairs are never shown).
-  `ema` is the moving average of the parameters.
+  `batch` holds images [G, P, H, W, 3] (group g, prompt p) and the coverage and alphas
+  [R, P, H, W] of R more. The loss is the prompts' InfoNCE, plus `attribute_weight` times the
+  attribute captions' (membership float [P, A], colours then shapes), plus `recolor_weight` times
+  the shape captions' on the R renders recoloured (arcs float [P, 2], see recolor_arcs): shape
+  seen in many colours, so that reading it does not hinge on the colours each shape was trained
+  in, while no held-out pair is shown. `ema` is the moving average of the parameters.
   """
   num_prompts = membership.shape[0]
   num_colors = len(world.COLORS)
 
   def embed(params, images):  # [G, P, H, W, 3] -> [G, P, D]
     g, p = images.shape[:2]
-    emb = model.get_image_features(normalize_images(
-        images.reshape(g * p, *images.shape[2:]), clip.OPENAI_MEAN, clip.OPENAI_STD),
-                                   params=params)
-    return clip.l2_normalize(emb).reshape(g, p, -1)
+    pixels = normalize_images(images.reshape(g * p, *images.shape[2:]), clip.OPENAI_MEAN,
+                              clip.OPENAI_STD)
+    return clip.l2_normalize(model.get_image_features(pixels, params=params)).reshape(g, p, -1)
 
-  def loss_fn(params, images, ids, key):
-    key_flip, key_gray = jax.random.split(key)
-    images = augment(key_flip, images)
-    image_emb = embed(params, images)
+  def loss_fn(params, batch, ids, key):
+    key_flip, key_color, key_flip_color = jax.random.split(key, 3)
+    image_emb = embed(params, augment(key_flip, batch['images']))
     text_emb = clip.l2_normalize(model.get_text_features(ids, params=params))
     prompt_emb, attribute_emb = text_emb[:num_prompts], text_emb[num_prompts:]
     scale = params['logit_scale']
     loss = contrastive_loss(image_emb, prompt_emb, jnp.eye(num_prompts), scale)
     if attribute_weight > 0:
       loss += attribute_weight * contrastive_loss(image_emb, attribute_emb, membership, scale)
-    if gray_weight > 0:
-      gray_emb = embed(params, desaturate(key_gray, images[:2]))
-      loss += gray_weight * contrastive_loss(gray_emb, attribute_emb[num_colors:],
-                                             membership[:, num_colors:], scale)
+    if recolor_weight > 0:
+      recolored = recolor(key_color, batch['coverage'], batch['alphas'], arcs)
+      recolored_emb = embed(params, augment(key_flip_color, recolored))
+      loss += recolor_weight * contrastive_loss(recolored_emb, attribute_emb[num_colors:],
+                                                membership[:, num_colors:], scale)
     return loss
 
   return ema_step.make_ema_step(loss_fn, optimizer, ema_decay)
@@ -196,7 +262,8 @@ def save(folder, model, params, image_size, info):
 
 
 def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch_size, lr,
-          weight_decay, attribute_weight, gray_weight, ema_decay, seed, eval_every):
+          weight_decay, attribute_weight, recolor_weight, recolor_groups, ema_decay, seed,
+          eval_every):
   """Renders the data, trains, evaluates on HELDOUT and saves to `out`; returns the info dict."""
   start = time.time()
   out = pathlib.Path(out)
@@ -205,8 +272,10 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
   prompts = world.TRAIN_PROMPTS
   print(f'rendering {len(prompts)} prompts x {views_per_prompt} views and '
         f'{len(world.HELDOUT)} held-out x {eval_views} at {resolution}px', file=sys.stderr)
-  images, _, _, _ = world.render_dataset(key_data, prompts, views_per_prompt, resolution)
+  images, alphas, _, _ = world.render_dataset(key_data, prompts, views_per_prompt, resolution)
   images = images.reshape(len(prompts), views_per_prompt, resolution, resolution, 3)
+  alphas = alphas.reshape(len(prompts), views_per_prompt, resolution, resolution)
+  coverage = shading_coverage(images, alphas, prompts)
   eval_images, _, _, eval_index = world.render_dataset(key_eval, world.HELDOUT, eval_views,
                                                        resolution)
   model, tokenizer = build_model(out, resolution, patch_size, seed)
@@ -216,13 +285,16 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
   opt_state = optimizer.init(params)
   ema = jax.tree.map(jnp.copy, params)
   step_fn = make_train_step(model, optimizer, jnp.asarray(attribute_membership(prompts)),
-                            attribute_weight, gray_weight, ema_decay)
+                            jnp.asarray(recolor_arcs(prompts)), attribute_weight,
+                            recolor_weight, ema_decay)
   rng = np.random.default_rng(seed)
   losses, history = [], []
   bar = tqdm.tqdm(range(steps), desc='toy clip', dynamic_ncols=True, file=sys.stderr)
   for step in bar:
-    views = rng.integers(0, views_per_prompt, (groups, len(prompts)))
-    batch = images[np.arange(len(prompts))[None, :], views]  # [G, P, H, W, 3]
+    every = np.arange(len(prompts))[None, :]
+    views = rng.integers(0, views_per_prompt, (groups + recolor_groups, len(prompts)))
+    batch = dict(images=images[every, views[:groups]],  # [G, P, H, W, 3]
+                 coverage=coverage[every, views[groups:]], alphas=alphas[every, views[groups:]])
     params, ema, opt_state, loss = step_fn(params, ema, opt_state, batch, ids,
                                            jax.random.fold_in(key_train, step), step)
     losses.append(float(loss))
@@ -244,7 +316,8 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
                            eval_views=eval_views, resolution=resolution,
                            patch_size=patch_size, lr=lr,
                            weight_decay=weight_decay, attribute_weight=attribute_weight,
-                           gray_weight=gray_weight, ema_decay=ema_decay, seed=seed,
+                           recolor_weight=recolor_weight, recolor_groups=recolor_groups,
+                           ema_decay=ema_decay, seed=seed,
                            eval_every=eval_every),
       train_prompts=list(prompts), heldout=list(world.HELDOUT), history=history)
   save(out, model, ema, resolution, info)
@@ -254,7 +327,7 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, help='output folder (transformers CLIP layout)')
-  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--steps', type=int, default=3000)
   parser.add_argument('--groups', type=int, default=4,
                       help='groups per batch, each every training prompt once')
   parser.add_argument('--views_per_prompt', type=int, default=256)
@@ -266,8 +339,10 @@ def main(argv=None):
   parser.add_argument('--weight_decay', type=float, default=0.05)
   parser.add_argument('--attribute_weight', type=float, default=0.5,
                       help='weight of the single-attribute captions ("red", "a cube") loss')
-  parser.add_argument('--gray_weight', type=float, default=1.0,
-                      help='weight of the shape captions\' loss on desaturated renders')
+  parser.add_argument('--recolor_weight', type=float, default=4.0,
+                      help='weight of the shape captions\' loss on recoloured renders')
+  parser.add_argument('--recolor_groups', type=int, default=4,
+                      help='groups of recoloured renders per batch')
   parser.add_argument('--ema_decay', type=float, default=0.995)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--eval_every', type=int, default=250)
@@ -276,7 +351,8 @@ def main(argv=None):
                views_per_prompt=args.views_per_prompt, eval_views=args.eval_views,
                resolution=args.resolution, patch_size=args.patch_size, lr=args.lr,
                weight_decay=args.weight_decay, attribute_weight=args.attribute_weight,
-               gray_weight=args.gray_weight, ema_decay=args.ema_decay,
+               recolor_weight=args.recolor_weight, recolor_groups=args.recolor_groups,
+               ema_decay=args.ema_decay,
                seed=args.seed, eval_every=args.eval_every)
   print(f'saved {args.out}: {info["steps"]} steps, final loss {info["final_loss"]:.4f}, '
         f'held-out R-precision {info["heldout_r_precision"]:.3f}, {info["seconds"]:.0f} s')

@@ -3,10 +3,15 @@
   python -m dreamfusion_jax.toy.train_prior --out dreamfusion_jax/toy/weights/prior
 
 A diffusers FlaxUNet2DConditionModel and a small CLIP text encoder are trained together on
-renders of the TRAIN_PROMPTS (never the HELDOUT ones) with the epsilon objective under a DDPM
-linear schedule, captions dropped 10 % of the time for classifier-free guidance. The EMA weights
-are saved in the diffusers layout (unet/, text_encoder/, tokenizer/, scheduler/), so
-guidance.Diffusion.from_pretrained loads the folder like any hub model. Reproducible from --seed.
+renders of the TRAIN_PROMPTS (never the HELDOUT ones) with the v-prediction objective (Salimans &
+Ho 2022) under a DDPM linear schedule, captions dropped 10 % of the time for classifier-free
+guidance. v rather than epsilon: at high noise an epsilon error is amplified 1 / sqrt(abar) times
+in the implied image, and the epsilon loss there hardly depends on the caption, so a small epsilon
+model trained for 750 steps ignored its text (conditional and unconditional noise errors equal to
+3 digits at every t); the v loss weighs the image's colour and shape where they are decided.
+The EMA weights are saved in the diffusers layout (unet/, text_encoder/, tokenizer/, scheduler/),
+so guidance.Diffusion.from_pretrained loads the folder like any hub model. Reproducible from
+--seed; --schedule_steps makes a run stopped early equal to the start of a longer one.
 """
 
 import argparse
@@ -29,7 +34,7 @@ TOKEN_LENGTH = 16
 TEXT_WIDTH = 64
 SCHEDULER = {
     '_class_name': 'DDPMScheduler', 'num_train_timesteps': 1000, 'beta_start': 0.0001,
-    'beta_end': 0.02, 'beta_schedule': 'linear', 'prediction_type': 'epsilon',
+    'beta_end': 0.02, 'beta_schedule': 'linear', 'prediction_type': 'v_prediction',
     'clip_sample': True,
 }
 
@@ -91,8 +96,9 @@ def make_train_step(unet, text, optimizer, alphas_cumprod, ema_decay):
     x = 2.0 * images - 1.0
     x_t = jnp.sqrt(ab) * x + jnp.sqrt(1.0 - ab) * noise
     hidden = text(ids, params=params['text']).last_hidden_state
-    eps = unet.apply({'params': params['unet']}, x_t.transpose(0, 3, 1, 2), k, hidden).sample
-    return jnp.mean((eps.transpose(0, 2, 3, 1) - noise)**2)
+    v = unet.apply({'params': params['unet']}, x_t.transpose(0, 3, 1, 2), k, hidden).sample
+    target = jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x
+    return jnp.mean((v.transpose(0, 2, 3, 1) - target)**2)
 
   return ema_step.make_ema_step(loss_fn, optimizer, ema_decay)
 
@@ -171,7 +177,7 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--views_per_prompt', type=int, default=256)
   parser.add_argument('--resolution', type=int, default=32)
-  parser.add_argument('--lr', type=float, default=5e-4)
+  parser.add_argument('--lr', type=float, default=1e-3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--save_every', type=int, default=250)
   parser.add_argument('--schedule_steps', type=int, default=None,

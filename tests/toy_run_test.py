@@ -1,0 +1,53 @@
+"""Text-to-3D in the toy world, measured against the truth: configs/toy.py, then the evaluator.
+
+Each test runs the two commands a user runs (the main job and `dreamfusion_jax.eval`) in a
+subprocess and checks eval.json: silhouette IoU with the true object, its colour and the toy
+CLIP's R-precision.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dreamfusion_jax import toy
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_and_evaluate(workdir, prompt, *overrides):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  job = [sys.executable, '-m', 'dreamfusion_jax.main', '--config', 'configs/toy.py',
+         '--workdir', str(workdir), f'--config.prompt={prompt}', *overrides]
+  done = subprocess.run(job, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for name in ('turntable.mp4', 'mesh.glb', 'mesh.obj', 'mesh.ply', 'metrics.json'):
+    assert (workdir / name).is_file(), name
+  done = subprocess.run([sys.executable, '-m', 'dreamfusion_jax.eval', '--workdir', str(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads((workdir / 'eval.json').read_text())
+
+
+def test_short_toy_run_on_a_training_prompt(tmp_path):
+  prompt = 'a red sphere'
+  assert prompt in toy.TRAIN_PROMPTS
+  result = run_and_evaluate(tmp_path, prompt, '--config.num_steps=150',
+                            '--config.export.video_frames=8', '--config.export.mesh_resolution=48')
+  assert result['iou'] >= 0.5, result
+  assert result['color'] == 'red' and result['color_correct'], result
+
+
+@pytest.mark.slow
+def test_full_toy_run_on_a_heldout_prompt(tmp_path):
+  prompt = 'a blue cone'
+  assert prompt in toy.HELDOUT
+  result = run_and_evaluate(tmp_path, prompt)
+  # Measured 0.51 IoU, blue, R-precision 0.75: the cone comes out too wide at the base. This
+  # guards that level; the toy world's aim (IoU 0.7, R-precision 0.8) is not reached yet.
+  assert result['iou'] >= 0.45, result
+  assert result['color_correct'], result
+  assert result['r_precision'] >= 0.5, result
