@@ -433,8 +433,9 @@ def fit_dreamfusion(config, workdir):
     return None  # Preempted: the checkpoint is written, the job can be restarted.
   train_seconds = time.time() - start
   export_assets(config, workdir, state)
-  metrics = {'steps': int(state.step), 'seconds': time.time() - start,
-             'train_seconds': train_seconds, 'export_seconds': time.time() - start - train_seconds}
+  seconds = time.time() - start
+  metrics = {'steps': int(state.step), 'seconds': seconds, 'train_seconds': train_seconds,
+             'export_seconds': seconds - train_seconds}
   (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
   return metrics
 
