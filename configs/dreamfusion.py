@@ -35,6 +35,10 @@ def get_config():
   config.guidance_scale = 100.0  # Paper: classifier-free guidance 100.
   config.guidance_scale_end = 100.0  # Linear schedule to this value; equal = constant.
   config.t_range = (0.02, 0.98)  # [likely] t ~ U(0.02, 0.98).
+  # t_max falls linearly from t_range[1] to t_max_end over t_anneal_steps (equal = the paper's
+  # constant range).
+  config.t_max_end = 0.98
+  config.t_anneal_steps = 15_000
   config.weighting = 'sigma2'  # [likely] w(t) = sigma_t^2 = 1 - abar_t.
 
   config.render = ml_collections.ConfigDict()

@@ -107,7 +107,8 @@ class Clip:
     module = transformers.FlaxCLIPModel.from_pretrained(str(folder), from_pt=from_pt,
                                                         dtype=jnp.float32)
     mean, std = read_normalization(folder)
-    return cls(params=module.params, module=module, tokenizer=tokenizer,
+    params = models.cast_floats(module.params, jnp.float32)  # On this process's first device.
+    return cls(params=params, module=module, tokenizer=tokenizer,
                image_size=int(config['vision_config'].get('image_size', 224)), mean=mean,
                std=std)
 

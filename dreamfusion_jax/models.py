@@ -156,9 +156,17 @@ def load_safetensors_as_flax(file, module, key=0):
 
 
 def cast_floats(params, dtype):
-  """params with every floating-point leaf cast to `dtype`."""
-  return jax.tree.map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+  """params with every floating-point leaf cast to `dtype`, on this process's first device.
+
+  diffusers' Flax loader commits its arrays to the CPU; jit refuses arguments committed to
+  different devices, so on a GPU or TPU the frozen weights must be moved next to the NeRF's.
+  """
+  device = jax.local_devices()[0]
+
+  def cast(x):
+    return jax.device_put(x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, device)
+
+  return jax.tree.map(cast, params)
 
 
 def load_diffusers_component(folder, component, cls, torch_only, blocks, *, dtype, from_pt,

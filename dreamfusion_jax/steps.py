@@ -102,7 +102,9 @@ class SDSSettings:
     warmup_mode: the shading mode index during the first warmup_steps.
     warmup_steps: steps of warm-up shading (paper: albedo only).
     light_color, ambient: Lambertian light colour l_rho and ambient l_a.
-    t_range: (t_min, t_max) of the SDS noise level.
+    t_range: (t_min, t_max) of the SDS noise level at step 0.
+    t_max_schedule: (start, end, num_steps) of the linear schedule of t_max (start = end: the
+      paper's constant range; a falling t_max refines detail late in the run).
     weighting: guidance.WEIGHTINGS entry.
     guidance_scale: (start, end, num_steps) of the linear guidance-scale schedule.
     orientation_weight: (start, end, num_steps) of the orientation-loss weight schedule.
@@ -119,6 +121,7 @@ class SDSSettings:
   light_color: float
   ambient: float
   t_range: tuple
+  t_max_schedule: tuple
   weighting: str
   guidance_scale: tuple
   orientation_weight: tuple
@@ -205,6 +208,7 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
   emb = text.select(camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg))
   scale = _schedule(state.step, settings.guidance_scale)
   orientation_weight = _schedule(state.step, settings.orientation_weight)
+  t_range = (settings.t_range[0], _schedule(state.step, settings.t_max_schedule))
 
   def loss_fn(params):
     rgb, out, rays = render_views(key_render, params, cameras, modes, lights, model=model,
@@ -213,7 +217,7 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
     images = rgb
     if diffusion.resolution != settings.height:
       images = guidance.resize_images(rgb, diffusion.resolution)
-    sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, settings.t_range,
+    sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range,
                                   settings.weighting)
     orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
     opacity = losses.opacity(out.acc)
@@ -233,6 +237,7 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
                             opt_state=keep(opt_state, state.opt_state))
   metrics.update(loss=loss, grad_norm=grad_norm, skipped=1.0 - finite.astype(jnp.float32),
                  guidance_scale=jnp.asarray(scale, jnp.float32),
-                 orientation_weight=jnp.asarray(orientation_weight, jnp.float32))
+                 orientation_weight=jnp.asarray(orientation_weight, jnp.float32),
+                 t_max=jnp.asarray(t_range[1], jnp.float32))
   return new_state, metrics
 

@@ -111,6 +111,10 @@ def _validate_dreamfusion(config):
   _ordered(config, 't_range', 0.0, 1.0)
   _require(0 < config.t_range[0] and config.t_range[1] < 1,
            f'config.t_range={tuple(config.t_range)} must lie strictly inside (0, 1)')
+  _require(config.t_range[0] < config.t_max_end < 1,
+           f'config.t_max_end={config.t_max_end} must lie in (t_range[0], 1) = '
+           f'({config.t_range[0]}, 1); set it to t_range[1] for a constant range')
+  _require(config.t_anneal_steps > 0, f'config.t_anneal_steps={config.t_anneal_steps} must be > 0')
   _require(config.weighting in guidance.WEIGHTINGS, f'config.weighting={config.weighting!r} is '
            f'unknown: choose one of {", ".join(guidance.WEIGHTINGS)}')
   _require(config.render.height > 0 and config.render.width > 0,
@@ -273,6 +277,7 @@ def make_sds_settings(config):
       shading_probs=tuple(shade.probs), warmup_mode=shading.mode_index(shade.warmup_mode),
       warmup_steps=shade.warmup_steps, light_color=shade.light_color, ambient=shade.ambient,
       t_range=tuple(config.t_range), weighting=config.weighting,
+      t_max_schedule=(config.t_range[1], config.t_max_end, config.t_anneal_steps),
       guidance_scale=(config.guidance_scale, config.guidance_scale_end, config.num_steps),
       orientation_weight=(loss.orientation_weight, loss.orientation_weight_end,
                           loss.orientation_anneal_steps),

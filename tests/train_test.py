@@ -175,6 +175,7 @@ def error_line(result):
     (dict(**{'shading.modes': "('albedo','metallic')"}), "unknown shading mode 'metallic'"),
     (dict(model='/nonexistent/model'), 'config.model=/nonexistent/model is not a folder'),
     (dict(**{'t_range': '0.0,0.98'}), 'config.t_range=(0.0, 0.98) must lie strictly inside'),
+    (dict(t_max_end=1.0), 'config.t_max_end=1.0 must lie in (t_range[0], 1)'),
 ])
 def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
   result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
@@ -196,14 +197,13 @@ def test_changed_model_shape_is_refused_on_resume(tiny_model, jax_cache, tmp_pat
   assert (workdir / 'checkpoints' / '6').is_dir()  # The written checkpoint is kept.
 
 
-@pytest.fixture(scope='module')
-def step_setup(tiny_model):
+def make_step_setup(tiny_model, **overrides):
   from configs import dreamfusion as dreamfusion_config  # pylint: disable=g-import-not-at-top
   config = dreamfusion_config.get_config()
   config.update_from_flattened_dict({
       'model': str(tiny_model), 'model_dtype': 'float32', 'from_pt': False, 'batch_size': 2,
       'render.height': 8, 'render.width': 8, 'render.num_samples': (8, 8), 'nerf.width': 16,
-      'nerf.num_blocks': 1, 'nerf.max_deg': 4, 'shading.warmup_steps': 0})
+      'nerf.num_blocks': 1, 'nerf.max_deg': 4, 'shading.warmup_steps': 0, **overrides})
   diffusion = train.load_diffusion(config)
   text = diffusion.encode_views(config.prompt)
   net, bg = train.make_nerf(config), train.make_background(config)
@@ -211,6 +211,22 @@ def step_setup(tiny_model):
   state = train.init_dreamfusion_state(config, net, bg, optimizer)
   step = train.make_dreamfusion_step(config, net, bg, optimizer, donate=False)
   return step, state, diffusion, text
+
+
+@pytest.fixture(scope='module')
+def step_setup(tiny_model):
+  return make_step_setup(tiny_model)
+
+
+def test_t_max_falls_over_the_anneal(tiny_model):
+  step, state, diffusion, text = make_step_setup(tiny_model, t_max_end=0.3, t_anneal_steps=10)
+  _, first = step(state, diffusion, text)
+  assert float(first['t_max']) == pytest.approx(0.98)
+  _, half = step(state.replace(step=5), diffusion, text)
+  assert float(half['t_max']) == pytest.approx(0.64)
+  for at in (10, 50):  # Constant after the anneal; every view's t below t_max.
+    _, late = step(state.replace(step=at), diffusion, text)
+    assert float(late['t_max']) == pytest.approx(0.3) and float(late['t']) <= 0.3
 
 
 def test_step_is_pure_and_updates_params(step_setup):
