@@ -8,9 +8,11 @@ evaluation cameras, the same for every run: `num_views` cameras on a circle at e
 azimuths 0, 360 / num_views, ... deg (azimuth 0 is the front, `camera`'s convention), distance
 1.25 from the origin, looking at it, with a 45 deg horizontal field of view over `size` x `size`
 pixels. The toy objects (inside a sphere of radius 0.4) fill about two thirds of the frame.
-Renders are unlit albedo with the run's own sampling settings, composited over white whatever
-the run's background: the toy world is drawn on white, and the object, not a learned
-background, should earn the CLIP score.
+Renders use the run's own sampling settings, composited over white whatever the run's
+background (the toy world is drawn on white, and the object, not a learned background, should
+earn the CLIP score), in three shadings: albedo (silhouette and colour), and for CLIP the paper's
+colour renders (albedo lit by a point light at the camera with the run's light colour and
+ambient) and textureless "geometry" renders (white under the same light).
 
 Metrics:
 - toy prompts ("a {colour} {shape}", `toy.world`), against the true object from the same cameras:
@@ -20,14 +22,19 @@ Metrics:
   `color_correct`, whether that is the prompt's colour. Other prompts have no truth: null.
 - every prompt: CLIP R-precision (DreamFusion Sec. 4, after Dream Fields), the share of views
   whose most similar caption (cosine similarity of CLIP embeddings) is the prompt, among the toy
-  prompts (default) or the lines of --captions, the prompt added if missing. The default CLIP is
-  the shipped toy CLIP, which knows only the toy world: a non-toy prompt needs a real CLIP.
+  prompts (default) or the lines of --captions, the prompt added if missing: `r_precision` on the
+  colour renders, `r_precision_geometry` on the textureless ones, `r_precision_albedo` on the
+  unlit albedo (a flat disc of colour: a sphere and a cylinder seen from above look alike). The
+  default CLIP is the shipped toy CLIP, which knows only the toy world: a non-toy prompt needs a
+  real CLIP.
 
-W/eval.json holds prompt, iou, color, color_rgb, color_correct, r_precision, clip, num_captions,
-checkpoint_step, cameras {elevation_deg, azimuth_deg, distance, fov_deg, size}, views (one
-{azimuth_deg, elevation_deg, iou, rank, top_caption} per camera; rank 0 = the prompt retrieved
-first) and note (why a non-toy prompt's numbers are limited, else null). W/eval_views.png shows
-the renders and, for toy prompts, the silhouettes compared (see view_strip).
+W/eval.json holds prompt, iou, color, color_rgb, color_correct, r_precision,
+r_precision_geometry, r_precision_albedo, clip, num_captions, checkpoint_step, cameras
+{elevation_deg, azimuth_deg, distance, fov_deg, size}, views (one {azimuth_deg, elevation_deg,
+iou, rank, rank_geometry, rank_albedo, top_caption} per camera; rank 0 = the prompt retrieved
+first, top_caption from the colour render) and note (why a non-toy prompt's numbers are limited,
+else null). W/eval_views.png shows the albedo and colour renders and, for toy prompts, the
+silhouettes compared (see view_strip).
 
 Letters: V views, H = W = size pixels, N captions, D embedding width.
 """
@@ -44,7 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dreamfusion_jax import camera, clip, models, nerf, render, toy, train
+from dreamfusion_jax import camera, clip, models, nerf, render, shading, steps, toy, train
 from dreamfusion_jax.toy import world
 
 ELEVATION_DEG = 30.0
@@ -146,36 +153,49 @@ def true_renders(color, shape, cameras, size):
 
 
 def render_scene(config, model, params, cameras, size):
-  """Albedo and opacity renders of a DreamFusion scene over a white background.
+  """Albedo, colour (Lambertian) and textureless renders and opacity over a white background.
 
   The run's own sampling settings (train.make_render_fn), deterministic; all views are rendered
-  together in chunks of at most config.render.chunk_size rays.
+  together in chunks of at most config.render.chunk_size rays. The shaded renders use the run's
+  light colour and ambient with a point light at the camera (as the exported turntable).
 
   Args:
-    config: the run's ml_collections.ConfigDict (its render settings).
+    config: the run's ml_collections.ConfigDict (its render and shading settings).
     model: the NeRF module (train.make_nerf(config), or any field with its interface).
     params: the train state's params; only params['nerf'] is used.
     cameras: camera.Cameras of V views.
     size: int, H = W.
 
   Returns:
-    albedo float32 [V, H, W, 3] in [0, 1]; opacity float32 [V, H, W] in [0, 1].
+    dict of float32 arrays in [0, 1]: albedo, color (albedo under the light), textureless
+    (white under the light) [V, H, W, 3]; opacity [V, H, W].
   """
   render_fn = train.make_render_fn(config)
+  light = dict(light_color=config.shading.light_color, ambient=config.shading.ambient)
 
-  @jax.jit
-  def render_chunk(nerf_params, rays):
-    field = nerf.field_fn(model, nerf_params, with_normals=False)
+  @functools.partial(jax.jit, static_argnums=2)
+  def render_chunk(nerf_params, rays, mode):
+    lit = mode != shading.ALBEDO
+    shade = render.albedo_colors
+    if lit:
+      shade = functools.partial(steps.shade_samples, modes=mode, lights=rays.origins[:, None],
+                                **light)
+    field = nerf.field_fn(model, nerf_params, with_normals=lit)
     white = jnp.broadcast_to(jnp.asarray(world.BACKGROUND, jnp.float32), rays.origins.shape)
-    out = render_fn(jax.random.key(0), field, rays, background=white, randomized=False)[-1]
+    out = render_fn(jax.random.key(0), field, rays, background=white, shade=shade,
+                    randomized=False)[-1]
     return out.rgb, out.acc
 
   rays = camera.generate_rays(cameras.c2w, cameras.focal, size, size)  # [V, H, W]
   chunk_size = min(config.render.chunk_size, len(cameras.c2w) * size * size)
-  albedo, opacity = render.render_image(functools.partial(render_chunk, params['nerf']), rays,
-                                        chunk_size)
-  return (np.clip(np.asarray(albedo, np.float32), 0, 1),
-          np.clip(np.asarray(opacity, np.float32), 0, 1))
+  renders = {}
+  for name, mode in (('albedo', shading.ALBEDO), ('color', shading.LAMBERTIAN),
+                     ('textureless', shading.TEXTURELESS)):
+    rgb, opacity = render.render_image(
+        lambda r, mode=mode: render_chunk(params['nerf'], r, mode), rays, chunk_size)
+    renders[name] = np.clip(np.asarray(rgb, np.float32), 0, 1)
+  renders['opacity'] = np.clip(np.asarray(opacity, np.float32), 0, 1)
+  return renders
 
 
 def toy_scores(albedo, opacity, true_alpha, true_color, threshold=THRESHOLD):
@@ -241,21 +261,24 @@ def retrieve(clip_model, images, captions, true_index):
   return ranks, np.argmax(image_emb @ text_emb.T, axis=-1)
 
 
-def view_strip(albedo, opacity, true_alpha=None, threshold=THRESHOLD):
-  """A PNG-ready strip: the albedo renders, and below them the silhouettes compared.
+def view_strip(albedo, opacity, true_alpha=None, threshold=THRESHOLD, color=None):
+  """A PNG-ready strip: the albedo renders, the colour renders, and the silhouettes compared.
 
   Args:
     albedo: float [V, H, W, 3] renders in [0, 1].
     opacity: float [V, H, W] predicted opacity.
-    true_alpha: float [V, H, W] true coverage, or None (no second row).
+    true_alpha: float [V, H, W] true coverage, or None (no comparison row).
     threshold: float silhouette threshold.
+    color: float [V, H, W, 3] shaded renders, or None (no second row).
 
   Returns:
-    uint8 [H, V * W, 3], or [2 H, V * W, 3] with the comparison row: black where both silhouettes
-    agree on the object, red where only the true one is (missed), blue where only the
+    uint8 [R H, V * W, 3] with R = 1 to 3 rows; in the comparison row black where both
+    silhouettes agree on the object, red where only the true one is (missed), blue where only the
     prediction is (extra), white elsewhere.
   """
   rows = [np.concatenate(list(np.asarray(albedo)), axis=1)]
+  if color is not None:
+    rows.append(np.concatenate(list(np.asarray(color)), axis=1))
   if true_alpha is not None:
     pred = np.asarray(opacity) > threshold
     true = np.asarray(true_alpha) > threshold
@@ -328,9 +351,12 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
   """
   params, step = restore_params(config, workdir)
   cameras = eval_cameras(num_views, size)
-  albedo, opacity = render_scene(config, train.make_nerf(config), params, cameras, size)
+  renders = render_scene(config, train.make_nerf(config), params, cameras, size)
+  albedo, opacity = renders['albedo'], renders['opacity']
   caption_list, true_index = caption_set(prompt, captions)
-  ranks, top = retrieve(clip_model, albedo, caption_list, true_index)
+  ranks, top = retrieve(clip_model, renders['color'], caption_list, true_index)
+  ranks_geometry, _ = retrieve(clip_model, renders['textureless'], caption_list, true_index)
+  ranks_albedo, _ = retrieve(clip_model, albedo, caption_list, true_index)
   parsed = world.parse_prompt(prompt)
   true_alpha = None
   scores = {'ious': [None] * num_views, 'iou': None, 'color': None, 'color_correct': None,
@@ -342,6 +368,7 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
   views = [{'azimuth_deg': float(cameras.azimuth_deg[i]),
             'elevation_deg': float(cameras.elevation_deg[i]),
             'iou': None if parsed is None else float(scores['ious'][i]), 'rank': int(ranks[i]),
+            'rank_geometry': int(ranks_geometry[i]), 'rank_albedo': int(ranks_albedo[i]),
             'top_caption': caption_list[int(top[i])]} for i in range(num_views)]
   return {
       'prompt': prompt,
@@ -350,6 +377,8 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
       'color_rgb': None if rgb is None else [round(float(c), 4) for c in rgb],
       'color_correct': scores['color_correct'],
       'r_precision': float(clip.r_precision(ranks)),
+      'r_precision_geometry': float(clip.r_precision(ranks_geometry)),
+      'r_precision_albedo': float(clip.r_precision(ranks_albedo)),
       'clip': clip_name,
       'num_captions': len(caption_list),
       'checkpoint_step': step,
@@ -357,7 +386,7 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
                   'distance': DISTANCE, 'fov_deg': FOV_DEG, 'size': size},
       'views': views,
       'note': None if parsed is not None else NON_TOY_NOTE,
-  }, view_strip(albedo, opacity, true_alpha)
+  }, view_strip(albedo, opacity, true_alpha, color=renders['color'])
 
 
 def summary(results, path):
@@ -366,8 +395,9 @@ def summary(results, path):
   if results['iou'] is not None:
     verdict = 'correct' if results['color_correct'] else 'wrong'
     parts.append(f'IoU {results["iou"]:.3f}, colour {results["color"]} ({verdict}),')
-  parts.append(f'CLIP R-precision {results["r_precision"]:.3f} among '
-               f'{results["num_captions"]} captions; wrote {path}')
+  parts.append(f'CLIP R-precision {results["r_precision"]:.3f} (geometry '
+               f'{results["r_precision_geometry"]:.3f}, albedo {results["r_precision_albedo"]:.3f})'
+               f' among {results["num_captions"]} captions; wrote {path}')
   if results['note']:
     parts.append(f'({results["note"]})')
   return ' '.join(parts)
