@@ -23,8 +23,9 @@ def get_config():
   config.model = str(toy.PRIOR_DIR)
   config.model_dtype = 'float32'
   config.from_pt = False
-  # Departure: steps, views per step and resolution sized to finish in minutes on a CPU.
-  config.num_steps = 600
+  # Departure: steps, views per step, samples and resolution sized to finish in minutes on a CPU
+  # (16 + 16 samples per ray: 1,000 steps in the time 600 took with 32 + 32, and measured better).
+  config.num_steps = 1000
   config.batch_size = 1
   config.checkpoint_every = 200
   config.preview_every = 200
@@ -34,7 +35,7 @@ def get_config():
   config.guidance_scale_end = 20.0
   config.render.height = 32  # The prior's resolution: no resize.
   config.render.width = 32
-  config.render.num_samples = (32, 32)
+  config.render.num_samples = (16, 16)
   config.render.chunk_size = 4096  # One chunk per 64x64 export frame.
   # The toy objects fit a sphere of radius 0.4: bound the scene tighter than the paper's 1.
   config.render.scene_radius = 0.6
@@ -57,7 +58,11 @@ def get_config():
   config.shading.ambient = world.AMBIENT
   config.loss.orientation_weight = 1e-2
   config.loss.orientation_weight_end = 1.0
-  config.loss.orientation_anneal_steps = 600
+  config.loss.orientation_anneal_steps = 1000
+  # Departure: a far stronger opacity penalty. At the paper's scale (1e-3 on the mean opacity
+  # against an SDS loss summed over pixels) it does nothing here, and the objects came out too
+  # large and foggy (held-out IoU 0.55); 300 shrinks the fog (1000 made them too small).
+  config.loss.opacity_weight = 300.0
   config.optim.lr_init = 1e-2
   config.optim.lr_final = 1e-3
   config.optim.warmup_steps = 20
