@@ -32,7 +32,7 @@ def run_and_evaluate(workdir, prompt, *overrides):
   return json.loads((workdir / 'eval.json').read_text())
 
 
-@pytest.mark.slow  # 412 s measured on a shared machine: kept out of the default suite.
+@pytest.mark.slow  # 217 s measured: kept out of the default suite (about 22 minutes already).
 def test_short_toy_run_on_a_training_prompt(tmp_path):
   prompt = 'a red sphere'
   assert prompt in toy.TRAIN_PROMPTS
