@@ -66,7 +66,7 @@ def get_config():
   config.optim.lr_init = 1e-2
   config.optim.lr_final = 1e-3
   config.optim.warmup_steps = 20
-  # Departure: a short 64x64 turntable and a 64^3 mesh grid, (export 95 s measured, was over 5 min).
+  # Departure: a short 64x64 turntable and a 64^3 mesh grid (export 56 to 64 s measured).
   config.export.video_frames = 40
   config.export.video_fps = 20
   config.export.video_size = 64
