@@ -40,7 +40,6 @@ Letters: V views, H = W = size pixels, N captions, D embedding width.
 """
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
@@ -51,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dreamfusion_jax import camera, clip, models, nerf, render, shading, steps, toy, train
+from dreamfusion_jax import camera, clip, models, render, shading, toy, train
 from dreamfusion_jax.toy import world
 
 ELEVATION_DEG = 30.0
@@ -170,29 +169,17 @@ def render_scene(config, model, params, cameras, size):
     dict of float32 arrays in [0, 1]: albedo, color (albedo under the light), textureless
     (white under the light) [V, H, W, 3]; opacity [V, H, W].
   """
-  render_fn = train.make_render_fn(config)
-  light = dict(light_color=config.shading.light_color, ambient=config.shading.ambient)
-
-  @functools.partial(jax.jit, static_argnums=2)
-  def render_chunk(nerf_params, rays, mode):
-    lit = mode != shading.ALBEDO
-    shade = render.albedo_colors
-    if lit:
-      shade = functools.partial(steps.shade_samples, modes=mode, lights=rays.origins[:, None],
-                                **light)
-    field = nerf.field_fn(model, nerf_params, with_normals=lit)
-    white = jnp.broadcast_to(jnp.asarray(world.BACKGROUND, jnp.float32), rays.origins.shape)
-    out = render_fn(jax.random.key(0), field, rays, background=white, shade=shade,
-                    randomized=False)[-1]
-    return out.rgb, out.acc
-
+  render_chunk = train.make_chunk_renderer(config, model)
+  white = jnp.asarray(world.BACKGROUND, jnp.float32)
   rays = camera.generate_rays(cameras.c2w, cameras.focal, size, size)  # [V, H, W]
   chunk_size = min(config.render.chunk_size, len(cameras.c2w) * size * size)
   renders = {}
   for name, mode in (('albedo', shading.ALBEDO), ('color', shading.LAMBERTIAN),
                      ('textureless', shading.TEXTURELESS)):
-    rgb, opacity = render.render_image(
-        lambda r, mode=mode: render_chunk(params['nerf'], r, mode), rays, chunk_size)
+    rgb, _, opacity = render.render_image(
+        lambda r, mode=mode: render_chunk(
+            params['nerf'], r, jnp.broadcast_to(white, r.origins.shape), mode, False),
+        rays, chunk_size)
     renders[name] = np.clip(np.asarray(rgb, np.float32), 0, 1)
   renders['opacity'] = np.clip(np.asarray(opacity, np.float32), 0, 1)
   return renders

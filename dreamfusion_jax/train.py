@@ -322,33 +322,53 @@ def load_diffusion(config):
     raise ConfigError(f'config.model: {e}') from e
 
 
+def make_chunk_renderer(config, model):
+  """A jitted render of one chunk of rays of a trained scene, as previews, exports and eval see it.
+
+  Deterministic, with the run's sampling settings (make_render_fn); the lit modes (LAMBERTIAN,
+  TEXTURELESS) put a point light at the camera with the run's light colour and ambient.
+
+  Returns:
+    fn(nerf_params, rays [R], background float32 [R, 3], mode, with_normals) -> (rgb [R, 3],
+    normals [R, 3] or None, acc [R]), with mode (a shading mode index) and with_normals static.
+  """
+  render_fn = make_render_fn(config)
+  light = dict(light_color=config.shading.light_color, ambient=config.shading.ambient)
+
+  @functools.partial(jax.jit, static_argnums=(3, 4))
+  def chunk(nerf_params, rays, background, mode, with_normals):
+    shade = render.albedo_colors
+    if mode != shading.ALBEDO:
+      shade = functools.partial(steps.shade_samples, modes=mode, lights=rays.origins[:, None],
+                                **light)
+    field = nerf.field_fn(model, nerf_params, with_normals=with_normals or shade is not
+                          render.albedo_colors)
+    out = render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
+                    randomized=False)[-1]
+    return out.rgb, out.normals, out.acc
+
+  return chunk
+
+
 class Renderer:
   """Deterministic chunked renders of a trained DreamFusion scene (previews and exports)."""
 
   def __init__(self, config, model, background_model):
-    self.model, self.background_model = model, background_model
-    self.render_fn = make_render_fn(config)
     self.chunk_size = config.render.chunk_size
-    self.light_color, self.ambient = config.shading.light_color, config.shading.ambient
-    self._chunk = jax.jit(self._render_chunk, static_argnums=2)
+    self._chunk = make_chunk_renderer(config, model)
+    self._background = jax.jit(background_model.apply)
 
-  def _render_chunk(self, params, rays, mode):
-    settings = dict(light_color=self.light_color, ambient=self.ambient)
-    lights = rays.origins[:, None]  # A light at the camera.
-    shade = functools.partial(steps.shade_samples, modes=mode, lights=lights, **settings)
-    background = self.background_model.apply(params['background'], rays.directions)
-    field = nerf.field_fn(self.model, params['nerf'], with_normals=True)
-    out = self.render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
-                         randomized=False)[-1]
-    return out.rgb, out.normals, out.acc
+  def _render(self, params, rays, mode, with_normals=False):
+    return render.render_image(
+        lambda r: self._chunk(params['nerf'], r, self._background(params['background'],
+                                                                  r.directions),
+                              mode, with_normals), rays, self.chunk_size)
 
   def __call__(self, params, c2w, focal, size):
     """Albedo, normal ((n + 1) / 2 over white), textureless and opacity images [size, size, 3]."""
     rays = camera.generate_rays(c2w, focal, size, size)
-    albedo, normals, acc = render.render_image(
-        lambda r: self._chunk(params, r, shading.ALBEDO), rays, self.chunk_size)
-    textureless, _, _ = render.render_image(
-        lambda r: self._chunk(params, r, shading.TEXTURELESS), rays, self.chunk_size)
+    albedo, normals, acc = self._render(params, rays, shading.ALBEDO, with_normals=True)
+    textureless, _, _ = self._render(params, rays, shading.TEXTURELESS)
     unit = normals / jnp.maximum(jnp.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
     normal_img = (0.5 * (unit + 1.0)) * acc[..., None] + (1.0 - acc[..., None])
     opacity = jnp.broadcast_to(acc[..., None], albedo.shape)

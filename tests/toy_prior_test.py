@@ -71,3 +71,40 @@ def test_train_prior_writes_a_loadable_model(tmp_path):
   assert model.resolution == 16 and not model.is_latent and model.prediction_type == 'v_prediction'
   emb = model.encode_views('a red cube')
   assert emb.cond.shape[0] == 4 and not np.allclose(emb.cond[0], emb.cond[1])
+
+
+def test_train_prior_continues_from_a_saved_prior(tmp_path, monkeypatch):
+  unet, text, _, params = train_prior.build_models(tmp_path / 'first', 16, seed=0)
+  train_prior.save(tmp_path / 'first', unet, text, params, {'steps': 2})
+  info = train_prior.train(tmp_path / 'second', steps=2, batch_size=2, views_per_prompt=1,
+                           resolution=16, lr=0.0, seed=1, save_every=2, init=tmp_path / 'first')
+  assert info['init']['steps'] == 2
+  first = guidance.Diffusion.from_pretrained(str(tmp_path / 'first'))
+  second = guidance.Diffusion.from_pretrained(str(tmp_path / 'second'))
+  # lr 0: the continued model keeps the saved weights (not seed 1's fresh ones).
+  for a, b in zip(jax.tree.leaves(first.unet_params), jax.tree.leaves(second.unet_params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  wider = train_prior.unet_config
+  monkeypatch.setattr(train_prior, 'unet_config',
+                      lambda r: {**wider(r), 'block_out_channels': (32, 64, 96)})
+  with pytest.raises(ValueError, match='differs'):
+    train_prior.train(tmp_path / 'third', steps=1, batch_size=2, views_per_prompt=1,
+                      resolution=16, lr=1e-3, seed=0, save_every=1, init=tmp_path / 'first')
+  monkeypatch.undo()
+  with pytest.raises(FileNotFoundError, match='--init'):
+    train_prior.train(tmp_path / 'fourth', steps=1, batch_size=2, views_per_prompt=1,
+                      resolution=16, lr=1e-3, seed=0, save_every=1, init=tmp_path / 'none')
+
+
+def test_clip_r_precision_of_samples_needs_the_right_shape():
+  from dreamfusion_jax import clip  # pylint: disable=g-import-not-at-top
+  clip_model = clip.Clip.from_pretrained(str(toy.CLIP_DIR))
+  prompts = list(world.PROMPTS)
+  images = world.render_dataset(jax.random.key(3), prompts, 4, 32, lit_fraction=1.0)[0]
+  truth = images.reshape(len(prompts), 4, 32, 32, 3)
+  r, per_prompt = sample_prior.clip_r_precision(clip_model, truth, prompts)
+  assert r >= 0.9 and set(per_prompt) == set(prompts)
+  # Every shape swapped for the next one (same colour): nearly never retrieved.
+  swapped = np.roll(truth.reshape(len(world.SHAPES), len(world.COLORS), 4, 32, 32, 3), 1, axis=0)
+  r_swapped, _ = sample_prior.clip_r_precision(clip_model, swapped.reshape(truth.shape), prompts)
+  assert r_swapped <= 0.1

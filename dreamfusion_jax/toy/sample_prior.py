@@ -4,7 +4,9 @@
 
 Writes a grid (rows: shapes; columns: colours; each cell the front, side, back and overhead
 views, held-out pairs framed in black) and, next to it, a JSON file with the colour accuracy of
-the samples: the share whose object pixels have the prompt's colour (chance: 1 / 6).
+the samples (the share whose object pixels have the prompt's colour; chance 1 / 6) and their
+R-precision with the toy CLIP (the share of samples whose nearest toy prompt is their own, which
+needs the shape too; chance 1 / 30).
 """
 
 import argparse
@@ -69,6 +71,19 @@ def color_accuracy(samples, prompts):
   return float(np.mean(list(per_prompt.values()))), per_prompt
 
 
+def clip_r_precision(clip_model, samples, prompts):
+  """Share of samples [P, V, H, W, 3] for which CLIP retrieves their prompt among `prompts`."""
+  from dreamfusion_jax import clip  # pylint: disable=g-import-not-at-top
+  embed = jax.jit(clip.Clip.embed_images)
+  image_emb = np.asarray(embed(clip_model, np.asarray(samples, np.float32).reshape(
+      -1, *samples.shape[2:])))  # [P V, D]
+  text_emb = np.asarray(clip_model.embed_text(list(prompts)))  # [P, D]
+  truth = np.repeat(np.arange(len(prompts)), samples.shape[1])
+  ranks = np.asarray(clip.retrieval_ranks(image_emb, text_emb, truth)).reshape(samples.shape[:2])
+  per_prompt = {text: float(np.mean(r == 0)) for text, r in zip(prompts, ranks)}
+  return float(np.mean(ranks == 0)), per_prompt
+
+
 def grid_image(samples, scale=2):
   """uint8 image of samples [30, 4, H, W, 3] in world.PROMPTS order, held-out cells framed."""
   s = samples.shape[2]
@@ -93,7 +108,10 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=50, help='DDIM steps')
   parser.add_argument('--guidance_scale', type=float, default=3.0)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--clip', default=None, help='CLIP folder or hub id for the R-precision '
+                      '(default: the shipped toy CLIP)')
   args = parser.parse_args(argv)
+  from dreamfusion_jax import clip  # pylint: disable=g-import-not-at-top
   from dreamfusion_jax import toy  # pylint: disable=g-import-not-at-top
   diffusion = guidance.Diffusion.from_pretrained(args.model or str(toy.PRIOR_DIR),
                                                  dtype=jnp.float32)
@@ -104,11 +122,17 @@ def main(argv=None):
   grid_image(samples).save(out)
   accuracy, per_prompt = color_accuracy(samples, world.PROMPTS)
   heldout = float(np.mean([per_prompt[p] for p in world.HELDOUT]))
+  clip_model = clip.Clip.from_pretrained(args.clip or str(toy.CLIP_DIR))
+  r_precision, r_per_prompt = clip_r_precision(clip_model, samples, world.PROMPTS)
+  r_heldout = float(np.mean([r_per_prompt[p] for p in world.HELDOUT]))
   scores = dict(color_accuracy=accuracy, heldout_color_accuracy=heldout, chance=1 / 6,
-                per_prompt=per_prompt, ddim_steps=args.steps,
+                r_precision=r_precision, heldout_r_precision=r_heldout,
+                r_precision_chance=1 / len(world.PROMPTS), per_prompt=per_prompt,
+                r_precision_per_prompt=r_per_prompt, ddim_steps=args.steps,
                 guidance_scale=args.guidance_scale, seed=args.seed)
   out.with_suffix('.json').write_text(json.dumps(scores, indent=2))
-  print(f'wrote {out}: colour accuracy {accuracy:.2f} (held out {heldout:.2f}, chance 0.17)')
+  print(f'wrote {out}: colour accuracy {accuracy:.2f} (held out {heldout:.2f}, chance 0.17), '
+        f'CLIP R-precision {r_precision:.2f} (held out {r_heldout:.2f}, chance 0.03)')
 
 
 if __name__ == '__main__':

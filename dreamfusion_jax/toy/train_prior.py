@@ -63,8 +63,12 @@ def text_config(vocab_size, bos_id, eos_id, width=TEXT_WIDTH, projection_dim=Non
       bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id, **extra)
 
 
-def build_models(folder, resolution, seed):
-  """Fresh UNet, text encoder and tokenizer (the tokenizer is written to folder/tokenizer)."""
+def build_models(folder, resolution, seed, init=None):
+  """UNet, text encoder and tokenizer (the tokenizer is written to folder/tokenizer).
+
+  Fresh from `seed`, or with the weights of the prior saved in the folder `init` (its
+  architecture must be this module's: same channels, layers and vocabulary).
+  """
   import diffusers  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   diffusers.utils.logging.set_verbosity_error()
@@ -75,7 +79,28 @@ def build_models(folder, resolution, seed):
       text_config(len(vocab), vocab[tokenizer_lib.BOS], vocab[tokenizer_lib.EOS]), seed=seed)
   unet = diffusers.FlaxUNet2DConditionModel.from_config(unet_config(resolution))
   unet_params = jax.jit(unet.init_weights)(jax.random.key_data(jax.random.key(seed + 1)))
-  return unet, text, tokenizer, {'unet': unet_params, 'text': text.params}
+  params = {'unet': unet_params, 'text': text.params}
+  if init is not None:
+    params = load_params(init, params)
+  return unet, text, tokenizer, params
+
+
+def load_params(folder, like):
+  """The {'unet', 'text'} weights of the prior saved in `folder`, checked against `like`."""
+  import diffusers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(folder)
+  if not (folder / 'unet').is_dir() or not (folder / 'text_encoder').is_dir():
+    raise FileNotFoundError(f'--init {folder}: no unet/ and text_encoder/ there; give a folder '
+                            'written by train_prior')
+  _, unet_params = diffusers.FlaxUNet2DConditionModel.from_pretrained(str(folder / 'unet'))
+  text_params = transformers.FlaxCLIPTextModel.from_pretrained(
+      str(folder / 'text_encoder')).params
+  params = {'unet': unet_params, 'text': text_params}
+  if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, like):
+    raise ValueError(f'--init {folder}: its UNet or text encoder differs from the one this '
+                     'script builds (channels, layers or vocabulary); train from scratch instead')
+  return jax.tree.map(jnp.asarray, params)
 
 
 def tokenize(tokenizer, texts):
@@ -119,9 +144,11 @@ def save(folder, unet, text, params, info):
 
 
 def train(out, *, steps, batch_size, views_per_prompt, resolution, lr, seed, save_every,
-          schedule_steps=None, cfg_dropout=0.1, ema_decay=0.999):
+          schedule_steps=None, cfg_dropout=0.1, ema_decay=0.999, init=None):
   """Renders the training set, trains, and saves the EMA model to `out`; returns the info dict.
 
+  `init` (a folder written by this function) continues from its saved EMA weights with a fresh
+  optimiser and schedule; its training.json is kept in the new one's `init` entry.
   `schedule_steps` (default `steps`) is the length of the learning-rate schedule: a run stopped
   early equals the first `steps` steps of a longer one.
   """
@@ -135,7 +162,12 @@ def train(out, *, steps, batch_size, views_per_prompt, resolution, lr, seed, sav
         f'{resolution}px', file=sys.stderr)
   images, _, captions, _ = world.render_dataset(key_data, world.TRAIN_PROMPTS, views_per_prompt,
                                                 resolution)
-  unet, text, tokenizer, params = build_models(out, resolution, seed)
+  previous = None
+  if init is not None:
+    init = pathlib.Path(init)
+    previous = json.loads((init / 'training.json').read_text()) if (
+        init / 'training.json').is_file() else None
+  unet, text, tokenizer, params = build_models(out, resolution, seed, init)
   ids = tokenize(tokenizer, captions)
   empty = tokenize(tokenizer, [''])[0]
   schedule_steps = schedule_steps or steps
@@ -166,6 +198,8 @@ def train(out, *, steps, batch_size, views_per_prompt, resolution, lr, seed, sav
                   train_prompts=list(world.TRAIN_PROMPTS), heldout=list(world.HELDOUT),
                   loss_every_100=[round(float(np.mean(losses[i:i + 100])), 5)
                                   for i in range(0, len(losses), 100)])
+      if previous is not None:
+        info['init'] = previous
       save(out, unet, text, ema, info)
   return info
 
@@ -182,10 +216,13 @@ def main(argv=None):
   parser.add_argument('--save_every', type=int, default=250)
   parser.add_argument('--schedule_steps', type=int, default=None,
                       help='length of the learning-rate schedule (default: --steps)')
+  parser.add_argument('--init', default=None,
+                      help='continue from the prior saved in this folder (fresh optimiser)')
   args = parser.parse_args(argv)
   info = train(args.out, steps=args.steps, batch_size=args.batch_size,
                views_per_prompt=args.views_per_prompt, resolution=args.resolution, lr=args.lr,
-               seed=args.seed, save_every=args.save_every, schedule_steps=args.schedule_steps)
+               seed=args.seed, save_every=args.save_every, schedule_steps=args.schedule_steps,
+               init=args.init)
   print(f'saved {args.out}: {info["steps"]} steps, final loss {info["final_loss"]:.4f}, '
         f'{info["seconds"]:.0f} s')
 
