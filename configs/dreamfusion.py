@@ -72,6 +72,8 @@ def get_config():
   config.loss.orientation_weight_end = 1000.0
   config.loss.orientation_anneal_steps = 5000
   config.loss.opacity_weight = 1e-3  # Penalty on accumulated opacity (paper: weight per config).
+  # Not in the paper (off here): binary entropy of the accumulated opacity, against foggy rims.
+  config.loss.entropy_weight = 0.0
 
   config.nerf = ml_collections.ConfigDict()
   config.nerf.encoding = 'ipe'  # Paper: integrated positional encoding.

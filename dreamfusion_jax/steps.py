@@ -109,6 +109,7 @@ class SDSSettings:
     guidance_scale: (start, end, num_steps) of the linear guidance-scale schedule.
     orientation_weight: (start, end, num_steps) of the orientation-loss weight schedule.
     opacity_weight: weight of the opacity penalty.
+    entropy_weight: weight of the opacity entropy penalty (0: the paper's losses only).
   """
   batch_size: int
   height: int
@@ -126,6 +127,7 @@ class SDSSettings:
   guidance_scale: tuple
   orientation_weight: tuple
   opacity_weight: float
+  entropy_weight: float
 
 
 def _schedule(step, spec):
@@ -221,8 +223,11 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
                                   settings.weighting)
     orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
     opacity = losses.opacity(out.acc)
-    total = sds + orientation_weight * orient + settings.opacity_weight * opacity
-    metrics = dict(sds=sds, orientation=orient, opacity=opacity, acc=jnp.mean(out.acc),
+    entropy = losses.opacity_entropy(out.acc)
+    total = (sds + orientation_weight * orient + settings.opacity_weight * opacity
+             + settings.entropy_weight * entropy)
+    metrics = dict(sds=sds, orientation=orient, opacity=opacity, entropy=entropy,
+                   acc=jnp.mean(out.acc),
                    t=jnp.mean(aux['t']))
     return total, metrics
 

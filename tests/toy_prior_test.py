@@ -77,7 +77,27 @@ def test_train_prior_writes_a_loadable_model(tmp_path):
   assert emb.cond.shape[0] == 4 and not np.allclose(emb.cond[0], emb.cond[1])
 
 
-def test_train_prior_continues_from_a_saved_prior(tmp_path, monkeypatch):
+def test_build_models_starts_from_a_saved_prior(tmp_path, monkeypatch):
+  unet, text, _, saved = train_prior.build_models(tmp_path / 'first', 16, seed=0)
+  train_prior.save(tmp_path / 'first', unet, text, saved, {'steps': 2})
+  _, _, _, loaded = train_prior.build_models(tmp_path / 'second', 16, seed=1,
+                                             init=tmp_path / 'first')
+  _, _, _, fresh = train_prior.build_models(tmp_path / 'third', 16, seed=1)
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(jax.tree.leaves(saved), jax.tree.leaves(fresh)))
+  with pytest.raises(FileNotFoundError, match='--init'):
+    train_prior.build_models(tmp_path / 'fourth', 16, seed=0, init=tmp_path / 'none')
+  wider = train_prior.unet_config
+  monkeypatch.setattr(train_prior, 'unet_config',
+                      lambda r: {**wider(r), 'block_out_channels': (32, 64, 96)})
+  with pytest.raises(ValueError, match='differs'):
+    train_prior.build_models(tmp_path / 'fifth', 16, seed=0, init=tmp_path / 'first')
+
+
+@pytest.mark.slow  # 161 s measured (two compiles of the training step).
+def test_train_prior_continues_from_a_saved_prior(tmp_path):
   unet, text, _, params = train_prior.build_models(tmp_path / 'first', 16, seed=0)
   train_prior.save(tmp_path / 'first', unet, text, params, {'steps': 2})
   info = train_prior.train(tmp_path / 'second', steps=2, batch_size=2, views_per_prompt=1,
@@ -88,16 +108,6 @@ def test_train_prior_continues_from_a_saved_prior(tmp_path, monkeypatch):
   # lr 0: the continued model keeps the saved weights (not seed 1's fresh ones).
   for a, b in zip(jax.tree.leaves(first.unet_params), jax.tree.leaves(second.unet_params)):
     np.testing.assert_allclose(a, b, atol=1e-6)
-  wider = train_prior.unet_config
-  monkeypatch.setattr(train_prior, 'unet_config',
-                      lambda r: {**wider(r), 'block_out_channels': (32, 64, 96)})
-  with pytest.raises(ValueError, match='differs'):
-    train_prior.train(tmp_path / 'third', steps=1, batch_size=2, views_per_prompt=1,
-                      resolution=16, lr=1e-3, seed=0, save_every=1, init=tmp_path / 'first')
-  monkeypatch.undo()
-  with pytest.raises(FileNotFoundError, match='--init'):
-    train_prior.train(tmp_path / 'fourth', steps=1, batch_size=2, views_per_prompt=1,
-                      resolution=16, lr=1e-3, seed=0, save_every=1, init=tmp_path / 'none')
 
 
 def test_clip_r_precision_of_samples_needs_the_right_shape():

@@ -176,6 +176,7 @@ def error_line(result):
     (dict(model='/nonexistent/model'), 'config.model=/nonexistent/model is not a folder'),
     (dict(**{'t_range': '0.0,0.98'}), 'config.t_range=(0.0, 0.98) must lie strictly inside'),
     (dict(t_max_end=1.0), 'config.t_max_end=1.0 must lie in (t_range[0], 1)'),
+    (dict(**{'loss.entropy_weight': -1.0}), 'config.loss.entropy_weight=-1.0 must be >= 0'),
 ])
 def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
   result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
@@ -227,6 +228,16 @@ def test_t_max_falls_over_the_anneal(tiny_model):
   for at in (10, 50):  # Constant after the anneal; every view's t below t_max.
     _, late = step(state.replace(step=at), diffusion, text)
     assert float(late['t_max']) == pytest.approx(0.3) and float(late['t']) <= 0.3
+
+
+def test_entropy_weight_adds_the_opacity_entropy(tiny_model):
+  step, state, diffusion, text = make_step_setup(tiny_model)
+  _, plain = step(state, diffusion, text)
+  step, state, diffusion, text = make_step_setup(tiny_model, **{'loss.entropy_weight': 10.0})
+  _, with_entropy = step(state, diffusion, text)
+  assert float(plain['entropy']) > 0
+  assert float(with_entropy['loss']) == pytest.approx(
+      float(plain['loss']) + 10.0 * float(plain['entropy']), rel=1e-4)
 
 
 def test_step_is_pure_and_updates_params(step_setup):

@@ -1,0 +1,25 @@
+"""Tests of the regularisers on accumulated opacity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamfusion_jax import losses
+
+
+def test_opacity_is_the_smoothed_l1_mean():
+  acc = jnp.array([0.0, 0.5, 1.0])
+  expected = np.mean(np.sqrt(np.array([0.0, 0.25, 1.0]) + 0.01))
+  assert float(losses.opacity(acc)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_opacity_entropy_values_and_gradient():
+  assert float(losses.opacity_entropy(jnp.array([0.0, 1.0]))) < 2e-3
+  assert float(losses.opacity_entropy(jnp.array([0.5]))) == pytest.approx(np.log(2.0), rel=1e-6)
+  a = 0.3
+  expected = -a * np.log(a) - (1 - a) * np.log(1 - a)
+  assert float(losses.opacity_entropy(jnp.array([a]))) == pytest.approx(expected, rel=1e-5)
+  # Descending the entropy pushes half-transparent rays to the nearer side, finitely at 0 and 1.
+  grad = jax.grad(losses.opacity_entropy)(jnp.array([0.0, 0.3, 0.7, 1.0]))
+  assert np.all(np.isfinite(grad)) and grad[1] > 0 > grad[2]
