@@ -234,7 +234,7 @@ def retrieve(clip_model, images, captions, true_index):
     clip_model: a clip.Clip.
     images: float32 [V, H, W, 3] in [0, 1].
     captions: sequence of N str.
-    true_index: int, the index of the correct caption.
+    true_index: int, the index of the correct caption, or int [V], one per image.
 
   Returns:
     ranks int32 [V] of the correct caption (0 = retrieved first, ties counting against it);

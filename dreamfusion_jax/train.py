@@ -343,8 +343,7 @@ def make_chunk_renderer(config, model):
     if mode != shading.ALBEDO:
       shade = functools.partial(steps.shade_samples, modes=mode, lights=rays.origins[:, None],
                                 **light)
-    field = nerf.field_fn(model, nerf_params, with_normals=with_normals or shade is not
-                          render.albedo_colors)
+    field = nerf.field_fn(model, nerf_params, with_normals=with_normals or mode != shading.ALBEDO)
     out = render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
                     randomized=False)[-1]
     return out.rgb, out.normals, out.acc

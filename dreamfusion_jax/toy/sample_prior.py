@@ -77,14 +77,12 @@ def clip_r_precision(clip_model, samples, prompts, captions=None):
   Retrieval is among `captions` (default: `prompts`), which must contain every prompt; also
   returns the share per prompt.
   """
-  from dreamfusion_jax import clip  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   captions = list(prompts if captions is None else captions)
-  embed = jax.jit(clip.Clip.embed_images)
-  image_emb = np.asarray(embed(clip_model, np.asarray(samples, np.float32).reshape(
-      -1, *samples.shape[2:])))  # [P V, D]
-  text_emb = np.asarray(clip_model.embed_text(captions))  # [N, D]
   truth = np.repeat([captions.index(p) for p in prompts], samples.shape[1])
-  ranks = np.asarray(clip.retrieval_ranks(image_emb, text_emb, truth)).reshape(samples.shape[:2])
+  ranks, _ = eval_lib.retrieve(clip_model, np.reshape(samples, (-1, *samples.shape[2:])),
+                               captions, truth)
+  ranks = ranks.reshape(samples.shape[:2])
   per_prompt = {text: float(np.mean(r == 0)) for text, r in zip(prompts, ranks)}
   return float(np.mean(ranks == 0)), per_prompt
 
