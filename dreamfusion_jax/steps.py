@@ -227,8 +227,7 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
     total = (sds + orientation_weight * orient + settings.opacity_weight * opacity
              + settings.entropy_weight * entropy)
     metrics = dict(sds=sds, orientation=orient, opacity=opacity, entropy=entropy,
-                   acc=jnp.mean(out.acc),
-                   t=jnp.mean(aux['t']))
+                   acc=jnp.mean(out.acc), t=jnp.mean(aux['t']))
     return total, metrics
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
