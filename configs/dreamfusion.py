@@ -74,6 +74,10 @@ def get_config():
   config.loss.opacity_weight = 1e-3  # Penalty on accumulated opacity (paper: weight per config).
   # Not in the paper (off here): binary entropy of the accumulated opacity, against foggy rims.
   config.loss.entropy_weight = 0.0
+  # Not in the paper (off here): squared difference of the normals at each ray's surface point
+  # and at a point jittered by N(0, radius^2), against bumpy surfaces.
+  config.loss.smoothness_weight = 0.0
+  config.loss.smoothness_radius = 0.02
 
   config.nerf = ml_collections.ConfigDict()
   config.nerf.encoding = 'ipe'  # Paper: integrated positional encoding.

@@ -110,6 +110,8 @@ class SDSSettings:
     orientation_weight: (start, end, num_steps) of the orientation-loss weight schedule.
     opacity_weight: weight of the opacity penalty.
     entropy_weight: weight of the opacity entropy penalty (0: the paper's losses only).
+    smoothness_weight: weight of the normal smoothness penalty (0: the paper's losses only).
+    smoothness_radius: standard deviation of the offset of the perturbed surface points.
   """
   batch_size: int
   height: int
@@ -128,6 +130,8 @@ class SDSSettings:
   orientation_weight: tuple
   opacity_weight: float
   entropy_weight: float
+  smoothness_weight: float = 0.0
+  smoothness_radius: float = 0.02
 
 
 def _schedule(step, spec):
@@ -180,6 +184,28 @@ def shade_samples(samples, means, *, modes, lights, light_color, ambient):
                        light_color=light_color, ambient=ambient)
 
 
+def surface_smoothness(key, params, out, rays, *, model, radius):
+  """losses.normal_smoothness at each ray's expected surface point and a jittered copy of it.
+
+  Args:
+    key: PRNG key for the offsets.
+    params: the NeRF's variables.
+    out: the RenderOutput of the rays (depth and opacity, gradients stopped).
+    rays: the rendered Rays [R].
+    model: the NeRF module.
+    radius: standard deviation of the Gaussian offset (world units).
+
+  Returns:
+    float32 scalar.
+  """
+  depth = jax.lax.stop_gradient(out.depth)
+  points = jax.lax.stop_gradient(rays.origins + rays.directions * depth[:, None])
+  moved = points + radius * jax.random.normal(key, points.shape, points.dtype)
+  normals = nerf.normals_at(model, params, jnp.concatenate([points, moved], axis=0))
+  r = points.shape[0]
+  return losses.normal_smoothness(normals[:r], normals[r:], out.acc)
+
+
 def dreamfusion_step(state, diffusion, text, *, model, background_model, optimizer, render_fn,
                      settings):
   """One DreamFusion step: random cameras and shading, render, SDS + regularisers, Optax.
@@ -228,6 +254,11 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
              + settings.entropy_weight * entropy)
     metrics = dict(sds=sds, orientation=orient, opacity=opacity, entropy=entropy,
                    acc=jnp.mean(out.acc), t=jnp.mean(aux['t']))
+    if settings.smoothness_weight:  # Its own key, so the other draws match a run without it.
+      smooth = surface_smoothness(jax.random.fold_in(key_render, 1), params['nerf'], out, rays,
+                                  model=model, radius=settings.smoothness_radius)
+      total = total + settings.smoothness_weight * smooth
+      metrics['smoothness'] = smooth
     return total, metrics
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

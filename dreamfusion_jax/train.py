@@ -132,8 +132,10 @@ def _validate_dreamfusion(config):
            f'config.shading.probs={tuple(shade.probs)} must be one probability per mode '
            f'{tuple(shade.modes)}, summing to 1')
   _require(shade.warmup_steps >= 0, 'config.shading.warmup_steps must be >= 0')
-  for name in ('opacity_weight', 'entropy_weight'):
+  for name in ('opacity_weight', 'entropy_weight', 'smoothness_weight'):
     _require(config.loss[name] >= 0, f'config.loss.{name}={config.loss[name]} must be >= 0')
+  _require(config.loss.smoothness_radius > 0,
+           f'config.loss.smoothness_radius={config.loss.smoothness_radius} must be > 0')
   color = tuple(config.background.color)
   _require(color == () or (len(color) == 3 and all(0 <= c <= 1 for c in color)),
            f'config.background.color={color} must be () (learned background) or 3 values in '
@@ -283,7 +285,8 @@ def make_sds_settings(config):
       guidance_scale=(config.guidance_scale, config.guidance_scale_end, config.num_steps),
       orientation_weight=(loss.orientation_weight, loss.orientation_weight_end,
                           loss.orientation_anneal_steps),
-      opacity_weight=loss.opacity_weight, entropy_weight=loss.entropy_weight)
+      opacity_weight=loss.opacity_weight, entropy_weight=loss.entropy_weight,
+      smoothness_weight=loss.smoothness_weight, smoothness_radius=loss.smoothness_radius)
 
 
 def make_dreamfusion_step(config, model, background_model, optimizer, donate=True):

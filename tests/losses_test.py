@@ -23,3 +23,18 @@ def test_opacity_entropy_values_and_gradient():
   # Descending the entropy pushes half-transparent rays to the nearer side, finitely at 0 and 1.
   grad = jax.grad(losses.opacity_entropy)(jnp.array([0.0, 0.3, 0.7, 1.0]))
   assert np.all(np.isfinite(grad)) and grad[1] > 0 > grad[2]
+
+
+def test_normal_smoothness_values_and_weights():
+  up, side = jnp.array([[0.0, 0.0, 1.0]]), jnp.array([[1.0, 0.0, 0.0]])
+  assert float(losses.normal_smoothness(up, up, jnp.ones(1))) == 0.0
+  assert float(losses.normal_smoothness(up, -up, jnp.ones(1))) == pytest.approx(4.0)
+  assert float(losses.normal_smoothness(up, side, jnp.ones(1))) == pytest.approx(2.0)
+  # A weighted mean: a point of weight 0 (an empty ray) does not count.
+  normals, moved = jnp.concatenate([up, up]), jnp.concatenate([side, -up])
+  value = lambda weights: float(losses.normal_smoothness(normals, moved, jnp.array(weights)))
+  assert value([1.0, 0.0]) == pytest.approx(2.0)
+  assert value([1.0, 1.0]) == pytest.approx(3.0)
+  # The gradient flows into the normals, never into the weights.
+  grad_n, grad_w = jax.grad(losses.normal_smoothness, argnums=(0, 2))(up, side, jnp.ones(1))
+  assert float(jnp.sum(jnp.abs(grad_n))) > 0 and float(jnp.sum(jnp.abs(grad_w))) == 0

@@ -316,3 +316,15 @@ def test_normals_from_density_of_a_linear_ramp():
                                                   points)
   np.testing.assert_allclose(normals, np.broadcast_to(-np.asarray(a) / 3.0, (7, 3)), atol=1e-6)
   np.testing.assert_allclose(density, np.asarray(points) @ np.asarray(a) + 10.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('dir_max_deg', [0, 2])
+def test_normals_at_of_the_blob_alone_point_outwards(dir_max_deg):
+  model = nerf.NeRF(blob_density=5.0, blob_radius=0.2, dir_max_deg=dir_max_deg, **SMALL)
+  points = jnp.asarray(np.random.default_rng(2).normal(size=(9, 3)) * 0.3, jnp.float32)
+  dirs = jnp.zeros_like(points).at[:, 2].set(1.0) if dir_max_deg else None
+  variables = model.init(jax.random.PRNGKey(0), points, jnp.zeros_like(points), dirs)
+  normals = jit(nerf.normals_at, static_argnums=0)(model, _zero_density_head(variables), points)
+  chex.assert_shape(normals, (9, 3))
+  expected = np.asarray(points) / np.linalg.norm(np.asarray(points), axis=-1, keepdims=True)
+  np.testing.assert_allclose(normals, expected, atol=1e-4)

@@ -177,6 +177,7 @@ def error_line(result):
     (dict(**{'t_range': '0.0,0.98'}), 'config.t_range=(0.0, 0.98) must lie strictly inside'),
     (dict(t_max_end=1.0), 'config.t_max_end=1.0 must lie in (t_range[0], 1)'),
     (dict(**{'loss.entropy_weight': -1.0}), 'config.loss.entropy_weight=-1.0 must be >= 0'),
+    (dict(**{'loss.smoothness_radius': 0.0}), 'config.loss.smoothness_radius=0.0 must be > 0'),
 ])
 def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
   result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
@@ -238,6 +239,48 @@ def test_entropy_weight_adds_the_opacity_entropy(tiny_model):
   assert float(plain['entropy']) > 0
   assert float(with_entropy['loss']) == pytest.approx(
       float(plain['loss']) + 10.0 * float(plain['entropy']), rel=1e-4)
+
+
+def test_smoothness_weight_adds_the_normal_smoothness(tiny_model):
+  step, state, diffusion, text = make_step_setup(tiny_model)
+  _, plain = step(state, diffusion, text)
+  step, state, diffusion, text = make_step_setup(tiny_model, **{'loss.smoothness_weight': 10.0})
+  new_state, smooth = step(state, diffusion, text)
+  assert 'smoothness' not in plain and float(smooth['smoothness']) > 0
+  # Its own key: the SDS draw and the other terms are those of the run without it.
+  assert float(smooth['sds']) == pytest.approx(float(plain['sds']), rel=1e-5)
+  assert float(smooth['loss']) == pytest.approx(
+      float(plain['loss']) + 10.0 * float(smooth['smoothness']), rel=1e-4)
+  assert float(smooth['skipped']) == 0 and np.isfinite(float(smooth['grad_norm']))
+
+
+def test_surface_smoothness_is_small_on_a_sphere_and_large_on_a_bumpy_field():
+  import types  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import camera, nerf  # pylint: disable=g-import-not-at-top
+  model = nerf.NeRF(encoding='grid', width=16, num_blocks=1, grid_resolutions=(16, 32),
+                    grid_features=2, scene_radius=0.6, blob_density=5.0, blob_radius=0.3)
+  rng = np.random.default_rng(0)
+  directions = rng.normal(size=(64, 3))
+  directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+  rays = camera.Rays(origins=jnp.asarray(-1.25 * directions, jnp.float32),
+                     directions=jnp.asarray(directions, jnp.float32),
+                     radii=jnp.zeros((64, 1), jnp.float32))
+  # Every ray meets a sphere of radius 0.3 about the origin at distance 0.95.
+  out = types.SimpleNamespace(depth=jnp.full((64,), 0.95), acc=jnp.ones(64))
+  variables = model.init(jax.random.PRNGKey(0), rays.origins, jnp.zeros((64, 3)))
+  params = dict(variables['params'])
+  params['density'] = jax.tree.map(jnp.zeros_like, params['density'])  # The blob alone.
+  smooth = lambda p: float(steps.surface_smoothness(jax.random.PRNGKey(1), {'params': p}, out,
+                                                   rays, model=model, radius=0.02))
+  sphere = smooth(params)
+  # Normals of a sphere of radius 0.3 turn by about 0.02 / 0.3 rad over the offset.
+  assert sphere < 0.02, sphere
+  bumpy = dict(params)
+  for name in ('grid_0', 'grid_1'):
+    bumpy[name] = jnp.asarray(rng.normal(size=params[name].shape), jnp.float32)
+  bumpy['density'] = {'kernel': jnp.asarray(rng.normal(size=(16, 1)) * 3.0, jnp.float32),
+                      'bias': jnp.zeros(1)}
+  assert smooth(bumpy) > 10 * sphere + 0.1, (smooth(bumpy), sphere)
 
 
 def test_step_is_pure_and_updates_params(step_setup):
