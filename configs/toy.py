@@ -62,19 +62,19 @@ def get_config():
   # Departure: a far stronger opacity penalty. At the paper's scale (1e-3 on the mean opacity
   # against an SDS loss summed over pixels) it does nothing here, and the objects came out too
   # large and foggy (held-out IoU 0.55). Measured on the five held-out prompts with the entropy
-  # term below and no smoothness term: weight 300 left every object too large (mean IoU 0.67,
-  # R-precision 0.62), 600 gave mean IoU 0.76, R-precision 0.75. The smoothness term below makes
-  # objects larger, so it is raised with it (yellow sphere: smoothness 100 to 3000 with opacity
-  # 600 -> IoU 0.51 to 0.65, too large; smoothness 1000 with 1200 -> 0.79, too small; 900 -> 0.83).
-  config.loss.opacity_weight = 900.0
+  # term below: weight 300 left every object too large (mean IoU 0.67, R-precision 0.62), 600
+  # gives mean IoU 0.76, R-precision 0.75 (1000, without the entropy term and an older prior,
+  # made them too small).
+  config.loss.opacity_weight = 600.0
   # Departure (not in the paper): binary entropy of each ray's opacity, against half-transparent
   # rims. With opacity weight 300: held-out mean IoU 0.646 -> 0.667, R-precision 0.58 -> 0.62.
   config.loss.entropy_weight = 300.0
-  # Departure (not in the paper): normal smoothness. Without it surfaces came out lumpy and the
-  # yellow sphere's colour renders read as "a yellow cube" from every view (R-precision 0); with
-  # 1000 (and opacity 900) it is a smooth ball, R-precision 0.62, while the red cube's corners
-  # round off (IoU 0.81 -> 0.66, R-precision 0.75 -> 0.62). 3000 with opacity 1200 collapsed it.
-  config.loss.smoothness_weight = 1000.0
+  # Normal smoothness (loss.smoothness_weight, not in the paper) stays off. Surfaces are lumpy
+  # without it, and the yellow sphere's colour renders read as "a yellow cube" (R-precision 0);
+  # 1000 with opacity 900 made a smooth ball (IoU 0.83, R-precision 0.62) but rounded the red
+  # cube (IoU 0.81 -> 0.66, R-precision 0.75 -> 0.62) and the blue cone's tip (0.65 -> 0.60,
+  # 1.00 -> 0.38): worse overall. (With opacity 600 any weight from 100 to 3000 made the sphere
+  # too large, IoU 0.51 to 0.65.)
   config.optim.lr_init = 1e-2
   config.optim.lr_final = 1e-3
   config.optim.warmup_steps = 20

@@ -47,8 +47,8 @@ def test_full_toy_run_on_a_heldout_prompt(tmp_path):
   prompt = 'a red cube'
   assert prompt in toy.HELDOUT
   result = run_and_evaluate(tmp_path, prompt)
-  # Measured IoU 0.66, red, R-precision 0.62 (5 of 8 views; the smoothness term rounds the
-  # corners, and the other views read "a red sphere" or "a red cylinder"). This guards that level.
-  assert result['iou'] >= 0.6, result
+  # Measured IoU 0.81, red, R-precision 0.75 (6 of 8 views). This guards that level; over all
+  # the held-out prompts the R-precision aim (0.8) is not reached yet (README table).
+  assert result['iou'] >= 0.72, result
   assert result['color'] == 'red' and result['color_correct'], result
   assert result['r_precision'] >= 0.5, result
