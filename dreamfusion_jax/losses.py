@@ -79,4 +79,3 @@ def normal_smoothness(normals, perturbed_normals, weights):
   diff = jnp.sum((normals - perturbed_normals)**2, axis=-1)
   weights = jax.lax.stop_gradient(weights)
   return jnp.sum(weights * diff) / jnp.maximum(jnp.sum(weights), 1e-6)
-

@@ -229,12 +229,11 @@ def normals_from_density(density_fn, means):
 
 def normals_at(model, params, points):
   """Unit normals float32 [N, 3] of a NeRF's density at points float32 [N, 3] (zero variance)."""
-  dirs = None
-  if model.dir_max_deg > 0:  # Density ignores the direction; the module still wants one.
-    dirs = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], points.dtype), points.shape)
-  _, normals, _ = normals_from_density(
-      lambda m: model.apply(params, m, jnp.zeros_like(m), dirs), points)
-  return normals
+  # Density ignores the view direction; a view-dependent module still wants one.
+  up = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], points.dtype), points.shape)
+  samples = field_fn(model, params, with_normals=True)(
+      points[:, None], jnp.zeros_like(points[:, None]), up)
+  return samples.normals[:, 0]
 
 
 def field_fn(model, params, *, with_normals):

@@ -130,8 +130,8 @@ class SDSSettings:
   orientation_weight: tuple
   opacity_weight: float
   entropy_weight: float
-  smoothness_weight: float = 0.0
-  smoothness_radius: float = 0.02
+  smoothness_weight: float
+  smoothness_radius: float
 
 
 def _schedule(step, spec):
@@ -198,8 +198,7 @@ def surface_smoothness(key, params, out, rays, *, model, radius):
   Returns:
     float32 scalar.
   """
-  depth = jax.lax.stop_gradient(out.depth)
-  points = jax.lax.stop_gradient(rays.origins + rays.directions * depth[:, None])
+  points = jax.lax.stop_gradient(rays.origins + rays.directions * out.depth[:, None])
   moved = points + radius * jax.random.normal(key, points.shape, points.dtype)
   normals = nerf.normals_at(model, params, jnp.concatenate([points, moved], axis=0))
   r = points.shape[0]
