@@ -66,10 +66,9 @@ def test_heldout_r_precision(toy_clip, heldout_renders):
   images, true_index = heldout_renders
   ranks = clip.retrieval_ranks(toy_clip.embed_images(images),
                                toy_clip.embed_text(list(world.PROMPTS)), true_index)
-  # 200 renders, the protocol of train_clip's own held-out figure (chance 1/30). The shipped CLIP
-  # measures 0.8 to 0.82 on such draws, short of the 0.9 aimed at: the yellow sphere, which no
-  # sphere of a nearby hue ever prepared it for, is read as a cylinder a third of the time.
-  assert float(clip.r_precision(ranks)) >= 0.78, np.asarray(ranks)
+  # 200 renders, the protocol of train_clip's own held-out figure (chance 1/30), half of them
+  # unlit. The shipped CLIP measures 0.97 on this draw (0.96 on train_clip's own).
+  assert float(clip.r_precision(ranks)) >= 0.9, np.asarray(ranks)
 
 
 def test_retrieval_identity_and_wrong_assignment():

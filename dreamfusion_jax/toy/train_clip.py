@@ -14,6 +14,7 @@ Reproducible from --seed.
 
 import argparse
 import colorsys
+import dataclasses
 import json
 import pathlib
 import sys
@@ -100,10 +101,92 @@ def contrastive_loss(image_emb, text_emb, membership, logit_scale):
   return 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
 
 
-def augment(key, images):
+def flip(key, images):
   """Random horizontal flips of float [..., H, W, 3] images (a mirrored render is still valid)."""
-  flip = jax.random.bernoulli(key, 0.5, images.shape[:-3])[..., None, None, None]
-  return jnp.where(flip, images[..., ::-1, :], images)
+  mirror = jax.random.bernoulli(key, 0.5, images.shape[:-3])[..., None, None, None]
+  return jnp.where(mirror, images[..., ::-1, :], images)
+
+
+def gaussian_blur(images, sigma_px, radius=2):
+  """Blurs float [N, H, W, 3] images by a separable Gaussian of per-image width sigma_px [N].
+
+  Edges are extended (the border is background); sigma_px near 0 leaves an image unchanged.
+  """
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (offsets / jnp.maximum(sigma_px, 1e-3)[:, None])**2)
+  weights = weights / jnp.sum(weights, axis=1, keepdims=True)  # [N, K]
+  size_h, size_w = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (radius, radius), (0, 0), (0, 0)), mode='edge')
+  images = sum(weights[:, k, None, None, None] * padded[:, k:k + size_h]
+               for k in range(2 * radius + 1))
+  padded = jnp.pad(images, ((0, 0), (0, 0), (radius, radius), (0, 0)), mode='edge')
+  return sum(weights[:, k, None, None, None] * padded[:, :, k:k + size_w]
+             for k in range(2 * radius + 1))
+
+
+def zoom_and_shift(images, scale, shift_px):
+  """Rescales float [N, H, W, 3] images over white about their centre and shifts them.
+
+  Args:
+    images: float [N, H, W, 3] over a white background.
+    scale: float [N] magnification (> 1 enlarges the object).
+    shift_px: float [N, 2] shift in pixels (rows, columns).
+
+  Returns:
+    float [N, H, W, 3]; what comes in from outside the frame is white.
+  """
+  size = jnp.asarray(images.shape[1:3], jnp.float32)
+
+  def one(image, s, shift):
+    translation = 0.5 * size * (1.0 - s) + shift
+    return jax.image.scale_and_translate(image - 1.0, image.shape, (0, 1), jnp.stack([s, s]),
+                                         translation, 'linear', antialias=True) + 1.0
+
+  return jax.vmap(one)(images, scale, shift_px)
+
+
+def augment(key, images, max_zoom, max_shift_px, max_blur_px, max_noise):
+  """Flips, zooms, shifts, blurs and adds noise to float [..., H, W, 3] renders over white.
+
+  Each image draws its own magnification (log-uniform in [1 / (1 + max_zoom), 1 + max_zoom]),
+  shift (uniform up to max_shift_px each way), blur width (uniform in [0, max_blur_px]) and
+  noise level (uniform in [0, max_noise], Gaussian per pixel), so that the CLIP reads an object
+  from the silhouette and shading a NeRF render gives, softer and less exact than the analytic
+  renders it is trained on. Zero maxima leave only the flip. Returns the same shape in [0, 1].
+  """
+  key_flip, key_zoom, key_shift, key_blur, key_level, key_noise = jax.random.split(key, 6)
+  shape = images.shape
+  images = flip(key_flip, images).reshape(-1, *shape[-3:])
+  n = images.shape[0]
+  if max_zoom > 0 or max_shift_px > 0:
+    log_zoom = jnp.log1p(max_zoom)
+    scale = jnp.exp(jax.random.uniform(key_zoom, (n,), minval=-log_zoom, maxval=log_zoom))
+    shift = jax.random.uniform(key_shift, (n, 2), minval=-max_shift_px, maxval=max_shift_px)
+    images = zoom_and_shift(images, scale, shift)
+  if max_blur_px > 0:
+    images = gaussian_blur(images, jax.random.uniform(key_blur, (n,), maxval=max_blur_px))
+  if max_noise > 0:
+    level = jax.random.uniform(key_level, (n, 1, 1, 1), maxval=max_noise)
+    images = images + level * jax.random.normal(key_noise, images.shape)
+  return jnp.clip(images, 0.0, 1.0).reshape(shape)
+
+
+def reshade(albedo, coverage, alphas, gamma):
+  """Renders over white from their shading coverage with the shading's contrast changed.
+
+  Args:
+    albedo: float [..., 3] object colour per image.
+    coverage: float [..., H, W] shading_coverage S (coverage times mean shading).
+    alphas: float [..., H, W] coverage.
+    gamma: float [...] exponent: the object's shading S / alpha becomes (S / alpha)^gamma, so
+      gamma = 1 gives back the render exactly, < 1 flattens the shading and > 1 deepens it.
+
+  Returns:
+    float [..., H, W, 3] = albedo * alpha * (S / alpha)^gamma + (1 - alpha).
+  """
+  shade = jnp.where(alphas > 0, coverage / jnp.maximum(alphas, 1e-6), 0.0)
+  shade = jnp.clip(shade, 0.0, 1.0)**gamma[..., None, None]
+  return albedo[..., None, None, :] * (alphas * shade)[..., None] + (1.0 - alphas)[..., None]
 
 
 def hue_deg(rgb):
@@ -111,25 +194,32 @@ def hue_deg(rgb):
   return 360.0 * colorsys.rgb_to_hsv(*rgb)[0]
 
 
+def hue_gap_deg(a, b):
+  """Angular distance in degrees [0, 180] between two hues."""
+  d = abs(a - b) % 360.0
+  return min(d, 360.0 - d)
+
+
 def recolor_arcs(prompts):
   """The hues each prompt's shape may be recoloured to: float32 [P, 2] (start_deg, length_deg).
 
-  The whole hue circle except, for every HELDOUT colour of the shape, the open arc between the
-  shape's two training colours nearest on either side: no recoloured shape is closer in hue to
-  its held-out colour than the training renders of that shape already are.
+  The whole hue circle except, for every HELDOUT colour of the shape, the open arc of hues closer
+  to it than the nearest colour the shape is trained in: no recoloured shape is closer in hue to
+  its held-out colour than the training renders of that shape already are. (The arc is
+  symmetric, so the shape is seen on both sides of its held-out hue; excluding everything between
+  the two nearest training colours instead left the yellow sphere's whole side of the circle
+  without spheres, and the CLIP learnt that yellowish round things are never spheres.)
   """
   arcs = []
   for text in prompts:
     shape = world.parse_prompt(text)[1]
-    seen = sorted(hue_deg(world.COLORS[c]) for c in world.COLORS
-                  if world.prompt(c, shape) in prompts)
+    seen = [hue_deg(world.COLORS[c]) for c in world.COLORS if world.prompt(c, shape) in prompts]
     start, length = 0.0, 360.0
     for held in (world.parse_prompt(h) for h in world.HELDOUT):
       if held[1] == shape:
         hue = hue_deg(world.COLORS[held[0]])
-        below = max((h for h in seen if h < hue), default=seen[-1] - 360.0)
-        above = min((h for h in seen if h > hue), default=seen[0] + 360.0)
-        start, length = above % 360.0, 360.0 - (above - below)
+        gap = min(hue_gap_deg(hue, h) for h in seen)
+        start, length = (hue + gap) % 360.0, 360.0 - 2.0 * gap
     arcs.append((start, length))
   return np.asarray(arcs, np.float32)
 
@@ -163,26 +253,37 @@ def hsv_to_rgb(hue_deg_, saturation, value):
   return value[..., None] * (1.0 - saturation[..., None] * ramp)
 
 
-def recolor(key, coverage, alphas, arcs):
-  """Renders recoloured to a random colour each, hue drawn from its shape's allowed arc.
+def recolor(key, arcs, batch_shape):
+  """A random colour per render, hue drawn from its shape's allowed arc.
 
   Args:
     key: a PRNG key.
-    coverage: float [G, P, H, W] shading_coverage of renders of the P prompts.
-    alphas: float [G, P, H, W] their coverage.
-    arcs: float [P, 2] recolor_arcs of the prompts.
+    arcs: float [P, 2] recolor_arcs of the P prompts.
+    batch_shape: (G, P) renders of the P prompts in G groups.
 
   Returns:
-    float32 [G, P, H, W, 3] images over white, saturation uniform in [0, 1] (gray included) and
-    value in [0.3, 1].
+    float32 [G, P, 3] RGB albedos, saturation uniform in [0, 1] (gray included) and value in
+    [0.3, 1].
   """
   key_hue, key_sat, key_val = jax.random.split(key, 3)
-  batch = coverage.shape[:2]
-  hue = arcs[:, 0] + jax.random.uniform(key_hue, batch) * arcs[:, 1]
-  albedo = hsv_to_rgb(hue, jax.random.uniform(key_sat, batch),
-                      jax.random.uniform(key_val, batch, minval=0.3, maxval=1.0))
-  return (albedo[:, :, None, None, :] * coverage[..., None]
-          + (1.0 - alphas)[..., None])
+  hue = arcs[:, 0] + jax.random.uniform(key_hue, batch_shape) * arcs[:, 1]
+  return hsv_to_rgb(hue, jax.random.uniform(key_sat, batch_shape),
+                    jax.random.uniform(key_val, batch_shape, minval=0.3, maxval=1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Maxima of the random image changes of a training step (see augment and reshade).
+
+  zoom: magnification up to 1 + zoom either way; shift_px: shift each way in pixels; blur_px:
+  Gaussian blur width in pixels; noise: standard deviation of pixel noise; gamma: shading
+  exponent log-uniform in [1 / gamma, gamma] (1 keeps the renders' shading).
+  """
+  zoom: float = 0.0
+  shift_px: float = 0.0
+  blur_px: float = 0.0
+  noise: float = 0.0
+  gamma: float = 1.0
 
 
 def normalize_images(images, mean, std):
@@ -191,20 +292,25 @@ def normalize_images(images, mean, std):
   return x.transpose(0, 3, 1, 2)
 
 
-def make_train_step(model, optimizer, membership, arcs, attribute_weight, recolor_weight,
-                    ema_decay):
+def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight,
+                    recolor_weight, ema_decay, augmentation):
   """The jitted step (params, ema, opt_state, batch, ids [P + A, L], key, step) -> (params, ema,
   opt_state, loss).
 
-  `batch` holds images [G, P, H, W, 3] (group g, prompt p) and the coverage and alphas
-  [R, P, H, W] of R more. The loss is the prompts' InfoNCE, plus `attribute_weight` times the
-  attribute captions' (membership float [P, A], colours then shapes), plus `recolor_weight` times
-  the shape captions' on the R renders recoloured (arcs float [P, 2], see recolor_arcs): shape
-  seen in many colours, so that reading it does not hinge on the colours each shape was trained
-  in, while no held-out pair is shown. `ema` is the moving average of the parameters.
+  `batch` holds the shading_coverage and alphas [G, P, H, W] of renders of the P training
+  prompts (group g, prompt p), drawn again in their own colours (albedo float [P, 3]), and those
+  of R more groups ('recolor_coverage', 'recolor_alphas'), recoloured (arcs float [P, 2], see
+  recolor_arcs); each render has its
+  shading's contrast changed and then augmented as `augmentation` (an Augmentation) says. The
+  loss is the prompts' InfoNCE on the G groups, plus `attribute_weight` times the attribute
+  captions' (membership float [P, A], colours then shapes), plus `recolor_weight` times the
+  shape captions' on the R recoloured groups: shape seen in many colours, so that reading it does
+  not hinge on the colours each shape was trained in, while no held-out pair is shown. `ema` is
+  the moving average of the parameters.
   """
   num_prompts = membership.shape[0]
   num_colors = len(world.COLORS)
+  aug = augmentation
 
   def embed(params, images):  # [G, P, H, W, 3] -> [G, P, D]
     g, p = images.shape[:2]
@@ -212,9 +318,19 @@ def make_train_step(model, optimizer, membership, arcs, attribute_weight, recolo
                               clip.OPENAI_STD)
     return clip.l2_normalize(model.get_image_features(pixels, params=params)).reshape(g, p, -1)
 
+  def draw(key, albedos, coverage, alphas):  # albedos [G, P, 3] -> images [G, P, H, W, 3]
+    key_gamma, key_augment = jax.random.split(key)
+    log_gamma = jnp.log(aug.gamma)
+    gamma = jnp.exp(jax.random.uniform(key_gamma, coverage.shape[:2], minval=-log_gamma,
+                                       maxval=log_gamma))
+    images = reshade(albedos, coverage, alphas, gamma)
+    return augment(key_augment, images, aug.zoom, aug.shift_px, aug.blur_px, aug.noise)
+
   def loss_fn(params, batch, ids, key):
-    key_flip, key_color, key_flip_color = jax.random.split(key, 3)
-    image_emb = embed(params, augment(key_flip, batch['images']))
+    key_own, key_color, key_recolored = jax.random.split(key, 3)
+    coverage, alphas = batch['coverage'], batch['alphas']
+    own = jnp.broadcast_to(albedo, (coverage.shape[0], *albedo.shape))
+    image_emb = embed(params, draw(key_own, own, coverage, alphas))
     text_emb = clip.l2_normalize(model.get_text_features(ids, params=params))
     prompt_emb, attribute_emb = text_emb[:num_prompts], text_emb[num_prompts:]
     scale = params['logit_scale']
@@ -222,9 +338,11 @@ def make_train_step(model, optimizer, membership, arcs, attribute_weight, recolo
     if attribute_weight > 0:
       loss += attribute_weight * contrastive_loss(image_emb, attribute_emb, membership, scale)
     if recolor_weight > 0:
-      recolored = recolor(key_color, batch['coverage'], batch['alphas'], arcs)
-      recolored_emb = embed(params, augment(key_flip_color, recolored))
-      loss += recolor_weight * contrastive_loss(recolored_emb, attribute_emb[num_colors:],
+      coverage, alphas = batch['recolor_coverage'], batch['recolor_alphas']
+      colors = recolor(key_color, arcs, coverage.shape[:2])
+      recolored = draw(key_recolored, colors, coverage, alphas)
+      loss += recolor_weight * contrastive_loss(embed(params, recolored),
+                                                attribute_emb[num_colors:],
                                                 membership[:, num_colors:], scale)
     return loss
 
@@ -241,13 +359,19 @@ def make_optimizer(lr, steps, weight_decay):
 
 
 def heldout_r_precision(model, params, tokenizer, images, prompt_index, prompts):
-  """R-precision of renders of `prompts` (indices into them), retrieving among world.PROMPTS."""
+  """R-precision of renders of `prompts` (indices into them), retrieving among world.PROMPTS.
+
+  Returns:
+    (float overall, dict prompt -> float R-precision of its renders).
+  """
   frozen = clip.Clip(params=params, module=model, tokenizer=tokenizer,
                      image_size=images.shape[1])
   true_index = np.asarray([world.PROMPTS.index(p) for p in prompts])[prompt_index]
   image_emb = jax.jit(clip.Clip.embed_images)(frozen, images)
-  ranks = clip.retrieval_ranks(image_emb, frozen.embed_text(world.PROMPTS), true_index)
-  return float(clip.r_precision(ranks))
+  ranks = np.asarray(clip.retrieval_ranks(image_emb, frozen.embed_text(world.PROMPTS),
+                                          true_index))
+  per_prompt = {p: float(np.mean(ranks[prompt_index == i] == 0)) for i, p in enumerate(prompts)}
+  return float(np.mean(ranks == 0)), per_prompt
 
 
 def save(folder, model, params, image_size, info):
@@ -263,8 +387,10 @@ def save(folder, model, params, image_size, info):
 
 def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch_size, lr,
           weight_decay, attribute_weight, recolor_weight, recolor_groups, ema_decay, seed,
-          eval_every):
+          eval_every, augmentation):
   """Renders the data, trains, evaluates on HELDOUT and saves to `out`; returns the info dict."""
+  args = {k: v for k, v in locals().items() if k not in ('out', 'augmentation')}
+  args['augmentation'] = dataclasses.asdict(augmentation)
   start = time.time()
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -276,6 +402,8 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
   images = images.reshape(len(prompts), views_per_prompt, resolution, resolution, 3)
   alphas = alphas.reshape(len(prompts), views_per_prompt, resolution, resolution)
   coverage = shading_coverage(images, alphas, prompts)
+  del images  # reshade draws them again from their coverage.
+  albedo = np.asarray([world.COLORS[world.parse_prompt(p)[0]] for p in prompts], np.float32)
   eval_images, _, _, eval_index = world.render_dataset(key_eval, world.HELDOUT, eval_views,
                                                        resolution)
   model, tokenizer = build_model(out, resolution, patch_size, seed)
@@ -285,41 +413,38 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
   opt_state = optimizer.init(params)
   ema = jax.tree.map(jnp.copy, params)
   step_fn = make_train_step(model, optimizer, jnp.asarray(attribute_membership(prompts)),
-                            jnp.asarray(recolor_arcs(prompts)), attribute_weight,
-                            recolor_weight, ema_decay)
+                            jnp.asarray(recolor_arcs(prompts)), jnp.asarray(albedo),
+                            attribute_weight, recolor_weight, ema_decay, augmentation)
   rng = np.random.default_rng(seed)
   losses, history = [], []
   bar = tqdm.tqdm(range(steps), desc='toy clip', dynamic_ncols=True, file=sys.stderr)
   for step in bar:
     every = np.arange(len(prompts))[None, :]
     views = rng.integers(0, views_per_prompt, (groups + recolor_groups, len(prompts)))
-    batch = dict(images=images[every, views[:groups]],  # [G, P, H, W, 3]
-                 coverage=coverage[every, views[groups:]], alphas=alphas[every, views[groups:]])
+    own, other = views[:groups], views[groups:]
+    batch = dict(coverage=coverage[every, own], alphas=alphas[every, own],  # [G, P, H, W]
+                 recolor_coverage=coverage[every, other], recolor_alphas=alphas[every, other])
     params, ema, opt_state, loss = step_fn(params, ema, opt_state, batch, ids,
                                            jax.random.fold_in(key_train, step), step)
     losses.append(float(loss))
     if (step + 1) % 50 == 0:
       bar.set_postfix(loss=f'{np.mean(losses[-100:]):.4f}')
     if (step + 1) % eval_every == 0 or step + 1 == steps:
-      r_prec = heldout_r_precision(model, ema, tokenizer, eval_images, eval_index,
-                                   world.HELDOUT)
+      r_prec, per_prompt = heldout_r_precision(model, ema, tokenizer, eval_images, eval_index,
+                                               world.HELDOUT)
       history.append(dict(step=step + 1, loss=round(float(np.mean(losses[-100:])), 5),
-                          heldout_r_precision=r_prec))
+                          heldout_r_precision=r_prec, heldout_per_prompt=per_prompt))
       bar.write(f'step {step + 1}: loss {history[-1]["loss"]:.4f}, held-out R-precision '
-                f'{r_prec:.3f}', file=sys.stderr)
+                f'{r_prec:.3f} ({", ".join(f"{v:.2f}" for v in per_prompt.values())})',
+                file=sys.stderr)
   info = dict(
       steps=steps, final_loss=float(np.mean(losses[-100:])),
       heldout_r_precision=history[-1]['heldout_r_precision'],
+      heldout_per_prompt=history[-1]['heldout_per_prompt'],
       heldout_views_per_prompt=eval_views, retrieval_set='world.PROMPTS (30)',
       logit_scale=float(ema['logit_scale']), seconds=round(time.time() - start, 1),
-      seed=seed, args=dict(steps=steps, groups=groups, views_per_prompt=views_per_prompt,
-                           eval_views=eval_views, resolution=resolution,
-                           patch_size=patch_size, lr=lr,
-                           weight_decay=weight_decay, attribute_weight=attribute_weight,
-                           recolor_weight=recolor_weight, recolor_groups=recolor_groups,
-                           ema_decay=ema_decay, seed=seed,
-                           eval_every=eval_every),
-      train_prompts=list(prompts), heldout=list(world.HELDOUT), history=history)
+      seed=seed, args=args, train_prompts=list(prompts), heldout=list(world.HELDOUT),
+      history=history)
   save(out, model, ema, resolution, info)
   return info
 
@@ -346,15 +471,23 @@ def main(argv=None):
   parser.add_argument('--ema_decay', type=float, default=0.995)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--eval_every', type=int, default=250)
-  args = parser.parse_args(argv)
-  info = train(args.out, steps=args.steps, groups=args.groups,
-               views_per_prompt=args.views_per_prompt, eval_views=args.eval_views,
-               resolution=args.resolution, patch_size=args.patch_size, lr=args.lr,
-               weight_decay=args.weight_decay, attribute_weight=args.attribute_weight,
-               recolor_weight=args.recolor_weight, recolor_groups=args.recolor_groups,
-               ema_decay=args.ema_decay,
-               seed=args.seed, eval_every=args.eval_every)
-  print(f'saved {args.out}: {info["steps"]} steps, final loss {info["final_loss"]:.4f}, '
+  defaults = Augmentation()
+  parser.add_argument('--zoom', type=float, default=defaults.zoom,
+                      help='augmentation: magnification up to 1 + zoom either way')
+  parser.add_argument('--shift_px', type=float, default=defaults.shift_px,
+                      help='augmentation: shift up to this many pixels each way')
+  parser.add_argument('--blur_px', type=float, default=defaults.blur_px,
+                      help='augmentation: Gaussian blur width up to this many pixels')
+  parser.add_argument('--noise', type=float, default=defaults.noise,
+                      help='augmentation: pixel noise standard deviation up to this')
+  parser.add_argument('--gamma', type=float, default=defaults.gamma,
+                      help='augmentation: shading exponent in [1 / gamma, gamma]')
+  args = vars(parser.parse_args(argv))
+  out = args.pop('out')
+  augmentation = Augmentation(**{f.name: args.pop(f.name)
+                                 for f in dataclasses.fields(Augmentation)})
+  info = train(out, augmentation=augmentation, **args)
+  print(f'saved {out}: {info["steps"]} steps, final loss {info["final_loss"]:.4f}, '
         f'held-out R-precision {info["heldout_r_precision"]:.3f}, {info["seconds"]:.0f} s')
 
 
