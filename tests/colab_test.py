@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / 'colab'
 KERNEL = 'dreamfusion-jax-test'
 EVAL_KEYS = ('iou', 'color', 'color_correct', 'r_precision')
-# The toy run sized for the default suite: one level of 8 samples per ray, a short small video, a
+# The small toy run: one level of 8 samples per ray, a short small video, a
 # coarse mesh, and an evaluation from 2 views.
 SMALL_RUN = ['--config.render.num_samples=8,', '--config.render.chunk_size=1024',
              '--config.export.video_frames=4', '--config.export.video_size=32',
@@ -96,6 +96,7 @@ def run_toy_notebook(kernel, tmp_path, num_steps, extra_flags=(), eval_flags=())
   return nb
 
 
+@pytest.mark.slow  # Both notebooks run in CI's slow stage, to keep the default suite short.
 def test_toy_notebook_runs_end_to_end(kernel, tmp_path):
   """Install check, 3 small steps with the shipped prior, video, mesh and scores."""
   run_toy_notebook(kernel, tmp_path, num_steps=3, extra_flags=SMALL_RUN, eval_flags=SMALL_EVAL)
@@ -109,6 +110,7 @@ def test_toy_notebook_runs_end_to_end_40_steps(kernel, tmp_path):
       '--config.export.mesh_resolution=64'])
 
 
+@pytest.mark.slow
 def test_stable_diffusion_notebook_builds_and_runs_a_step(kernel, tmp_path):
   """Up to the build-step cell with a tiny random latent model in place of Stable Diffusion."""
   model = tmp_path / 'sd'

@@ -159,8 +159,8 @@ def test_toy_clip_reads_heldout_truth_in_colour_renders():
   """The R-precision protocol on the true held-out objects, as eval renders them.
 
   Colour renders (lit from the camera, which the test above ties to render_scene) of every
-  held-out object are retrieved right by the shipped toy CLIP; measured 1.0, and 0.8 on the unlit
-  albedo, where a yellow sphere is a flat disc.
+  held-out object are retrieved right by the shipped toy CLIP; measured 1.0, and 0.9 on the unlit
+  albedo (the red cube from 4 of 8 views).
   """
   toy_clip = clip.Clip.from_pretrained(toy.CLIP_DIR)
   cameras = eval_lib.eval_cameras(8, 64)

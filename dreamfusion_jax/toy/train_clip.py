@@ -7,7 +7,9 @@ renders of the TRAIN_PROMPTS (never the HELDOUT ones), each captioned by its pro
 {shape}" without a view suffix: R-precision retrieves the prompt. Every batch holds G groups, each
 group every training prompt once with a random view, so no batch has two positives for a caption.
 At the end the model is measured on renders of the HELDOUT prompts from fresh DreamFusion cameras,
-retrieving among all 30 world.PROMPTS. The folder is a transformers CLIP folder (config.json,
+retrieving among all 30 world.PROMPTS. Shape captions ("a cube") are also matched on renders
+recoloured to random hues (recolor_arcs: never nearer a shape's held-out colour than its training
+colours), and the renders can be augmented (Augmentation, off by default). The folder is a transformers CLIP folder (config.json,
 flax_model.msgpack, tokenizer, preprocessor_config.json) that clip.Clip.from_pretrained loads.
 Reproducible from --seed.
 """
