@@ -59,6 +59,8 @@ def get_config():
   config.loss.orientation_weight = 1e-2
   config.loss.orientation_weight_end = 1.0
   config.loss.orientation_anneal_steps = 1000
+  # (The R-precision figures in the comments below were measured with the toy CLIP shipped
+  # before the current one; README.md has the held-out table with the current CLIP.)
   # Departure: a far stronger opacity penalty. At the paper's scale (1e-3 on the mean opacity
   # against an SDS loss summed over pixels) it does nothing here, and the objects came out too
   # large and foggy (held-out IoU 0.55). Measured on the five held-out prompts with the entropy
