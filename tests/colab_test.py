@@ -14,8 +14,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / 'colab'
 KERNEL = 'dreamfusion-jax-test'
 EVAL_KEYS = ('iou', 'color', 'color_correct', 'r_precision')
-# The small toy run: one level of 8 samples per ray, a short small video, a
-# coarse mesh, and an evaluation from 2 views.
+# The small toy run: one level of 8 samples per ray, a short small video, a coarse mesh, and an
+# evaluation from 2 views.
 SMALL_RUN = ['--config.render.num_samples=8,', '--config.render.chunk_size=1024',
              '--config.export.video_frames=4', '--config.export.video_size=32',
              '--config.export.mesh_resolution=32']

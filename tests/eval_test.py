@@ -155,26 +155,34 @@ def test_analytic_cone_through_the_render_pipeline():
   assert flipped['iou'] < 0.7, flipped
 
 
-def test_toy_clip_reads_heldout_truth_in_colour_renders():
-  """The R-precision protocol on the true held-out objects, as eval renders them.
-
-  Colour renders (lit from the camera, which the test above ties to render_scene) of every
-  held-out object are retrieved right by the shipped toy CLIP; measured 1.0, and 0.9 on the unlit
-  albedo (the red cube from 4 of 8 views).
-  """
-  toy_clip = clip.Clip.from_pretrained(toy.CLIP_DIR)
+@pytest.fixture(scope='module')
+def heldout_colour_renders():
+  """(shipped toy CLIP, {prompt: float [8, 64, 64, 3]}): colour renders of the true held-out
+  objects from eval's cameras, lit from the camera (which the test above ties to render_scene)."""
   cameras = eval_lib.eval_cameras(8, 64)
-  captions, ranks = list(world.PROMPTS), []
+  renders = {}
   for prompt in world.HELDOUT:
     color, shape = world.parse_prompt(prompt)
-    lit = [world.render_view(color, shape, np.asarray(c2w), float(f), 64,
-                             light=np.asarray(c2w)[:3, 3])[0]
-           for c2w, f in zip(cameras.c2w, cameras.focal)]
-    ranks.append(eval_lib.retrieve(toy_clip, np.stack(lit), captions, captions.index(prompt))[0])
+    renders[prompt] = np.stack([world.render_view(color, shape, np.asarray(c2w), float(f), 64,
+                                                  light=np.asarray(c2w)[:3, 3])[0]
+                                for c2w, f in zip(cameras.c2w, cameras.focal)])
+  return clip.Clip.from_pretrained(toy.CLIP_DIR), renders
+
+
+def test_toy_clip_reads_heldout_truth_in_colour_renders(heldout_colour_renders):
+  """The R-precision protocol on the true held-out objects, as eval renders them.
+
+  Colour renders of every held-out object are retrieved right by the shipped toy CLIP; measured
+  1.0, and 0.9 on the unlit albedo (the red cube from 4 of 8 views).
+  """
+  toy_clip, renders = heldout_colour_renders
+  captions = list(world.PROMPTS)
+  ranks = [eval_lib.retrieve(toy_clip, lit, captions, captions.index(prompt))[0]
+           for prompt, lit in renders.items()]
   assert float(clip.r_precision(np.concatenate(ranks))) >= 0.95, ranks
 
 
-def test_toy_clip_reads_heldout_truth_off_centre():
+def test_toy_clip_reads_heldout_truth_off_centre(heldout_colour_renders):
   """A NeRF never puts its object exactly at the origin: the truth shifted by 2 px of 64 (one
   pixel of the CLIP's 32) in each of four directions, read by the shipped toy CLIP.
 
@@ -183,14 +191,9 @@ def test_toy_clip_reads_heldout_truth_off_centre():
   cube" from all 8 views, as it reads a smooth NeRF ball sitting 2 px high. This guards that
   level; a CLIP trained with shifts should raise it to the centred figure.
   """
-  toy_clip = clip.Clip.from_pretrained(toy.CLIP_DIR)
-  cameras = eval_lib.eval_cameras(8, 64)
+  toy_clip, renders = heldout_colour_renders
   captions, ranks = list(world.PROMPTS), []
-  for prompt in world.HELDOUT:
-    color, shape = world.parse_prompt(prompt)
-    lit = np.stack([world.render_view(color, shape, np.asarray(c2w), float(f), 64,
-                                      light=np.asarray(c2w)[:3, 3])[0]
-                    for c2w, f in zip(cameras.c2w, cameras.focal)])
+  for prompt, lit in renders.items():
     assert np.all(lit[:, :2] == 1.0) and np.all(lit[:, -2:] == 1.0)  # White borders: roll.
     for axis, shift in ((1, 2), (1, -2), (2, 2), (2, -2)):
       moved = np.roll(lit, shift, axis=axis)

@@ -9,9 +9,9 @@ group every training prompt once with a random view, so no batch has two positiv
 At the end the model is measured on renders of the HELDOUT prompts from fresh DreamFusion cameras,
 retrieving among all 30 world.PROMPTS. Shape captions ("a cube") are also matched on renders
 recoloured to random hues (recolor_arcs: never nearer a shape's held-out colour than its training
-colours), and the renders can be augmented (Augmentation, off by default). The folder is a transformers CLIP folder (config.json,
-flax_model.msgpack, tokenizer, preprocessor_config.json) that clip.Clip.from_pretrained loads.
-Reproducible from --seed.
+colours), and the renders can be augmented (Augmentation, off by default). The folder is a
+transformers CLIP folder (config.json, flax_model.msgpack, tokenizer, preprocessor_config.json)
+that clip.Clip.from_pretrained loads. Reproducible from --seed.
 """
 
 import argparse
@@ -302,8 +302,8 @@ def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight
   `batch` holds the shading_coverage and alphas [G, P, H, W] of renders of the P training
   prompts (group g, prompt p), drawn again in their own colours (albedo float [P, 3]), and those
   of R more groups ('recolor_coverage', 'recolor_alphas'), recoloured (arcs float [P, 2], see
-  recolor_arcs); each render has its
-  shading's contrast changed and then augmented as `augmentation` (an Augmentation) says. The
+  recolor_arcs); each render has its shading's contrast changed and is then augmented as
+  `augmentation` (an Augmentation) says. The
   loss is the prompts' InfoNCE on the G groups, plus `attribute_weight` times the attribute
   captions' (membership float [P, A], colours then shapes), plus `recolor_weight` times the
   shape captions' on the R recoloured groups: shape seen in many colours, so that reading it does
@@ -312,7 +312,6 @@ def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight
   """
   num_prompts = membership.shape[0]
   num_colors = len(world.COLORS)
-  aug = augmentation
 
   def embed(params, images):  # [G, P, H, W, 3] -> [G, P, D]
     g, p = images.shape[:2]
@@ -322,11 +321,12 @@ def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight
 
   def draw(key, albedos, coverage, alphas):  # albedos [G, P, 3] -> images [G, P, H, W, 3]
     key_gamma, key_augment = jax.random.split(key)
-    log_gamma = jnp.log(aug.gamma)
+    log_gamma = jnp.log(augmentation.gamma)
     gamma = jnp.exp(jax.random.uniform(key_gamma, coverage.shape[:2], minval=-log_gamma,
                                        maxval=log_gamma))
     images = reshade(albedos, coverage, alphas, gamma)
-    return augment(key_augment, images, aug.zoom, aug.shift_px, aug.blur_px, aug.noise)
+    return augment(key_augment, images, augmentation.zoom, augmentation.shift_px,
+                   augmentation.blur_px, augmentation.noise)
 
   def loss_fn(params, batch, ids, key):
     key_own, key_color, key_recolored = jax.random.split(key, 3)
