@@ -1,4 +1,4 @@
-"""Tests of the toy CLIP's training: augmentations against closed forms, recolouring, a short run."""
+"""Tests of the toy CLIP's training: augmentations against closed forms, recolouring, a run."""
 
 import json
 
