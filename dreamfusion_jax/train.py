@@ -511,8 +511,12 @@ def _train_loop(config, state, step_fn, ckpt, writer, renderer):
         print(f'preempted ({guard.signal_name}): saved checkpoint {step}; run the same command '
               'to resume', file=sys.stderr)
         return None
-  ckpt.wait()
-  bar.close()
+    ckpt.wait()  # Guarded too: a signal now must not cut the last checkpoint's commit short.
+    bar.close()
+    if guard.requested:
+      print(f'preempted ({guard.signal_name}) after the last step: checkpoint {int(state.step)} '
+            'is complete; run the same command to export', file=sys.stderr)
+      return None
   return state
 
 

@@ -103,12 +103,12 @@ def test_full_run_writes_checkpoints_and_assets(tiny_model, jax_cache, tmp_path)
   assert empty.returncode == 2 and 'lower the threshold' in empty.stderr, empty.stderr[-2000:]
 
 
-def wait_for(path, proc, timeout=600):
+def wait_for(path, proc, timeout=600, poll=0.2):
   deadline = time.time() + timeout
   while not path.exists():
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     assert time.time() < deadline
-    time.sleep(0.2)
+    time.sleep(poll)
 
 
 def test_resume_after_kills_matches_uninterrupted(tiny_model, jax_cache, tmp_path):
@@ -128,9 +128,11 @@ def test_resume_after_kills_matches_uninterrupted(tiny_model, jax_cache, tmp_pat
     after = interrupted_at + 10 * int(rng.integers(1, 3))  # A checkpoint this run will write.
     proc = subprocess.Popen(main_command(workdir, tiny_model, **extra), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(workdir / 'checkpoints' / str(after), proc)
-    time.sleep(float(rng.uniform(0.0, 1.0)))
+    wait_for(workdir / 'checkpoints' / str(after), proc, poll=0.005)
+    # Tiny steps outrun any sleep: freeze the run at once, then let the signal in on resuming.
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=600)
     if sig == signal.SIGKILL:
       assert proc.returncode == -signal.SIGKILL
@@ -308,27 +310,65 @@ def test_non_finite_step_is_skipped(step_setup):
     np.testing.assert_array_equal(a, b)
 
 
-def test_too_many_skips_stop_the_run(tmp_path):
-  config = ml_collections.ConfigDict(dict(
+class FakeCheckpointer:
+  """Records the steps saved; `on_wait(self)` runs in each `wait`."""
+
+  def __init__(self, on_wait=lambda ckpt: None):
+    self.saved, self.on_wait = [], on_wait
+
+  def save(self, step, state, force=False):  # pylint: disable=unused-argument
+    self.saved.append(step)
+
+  def wait(self):
+    self.on_wait(self)
+
+
+def loop_config(**overrides):
+  return ml_collections.ConfigDict(dict(
       method='dreamfusion', num_steps=50, log_every=10, preview_every=100, checkpoint_every=100,
-      max_consecutive_skips=3))
-  saved = []
+      max_consecutive_skips=3, **overrides))
 
-  class FakeCheckpointer:
-    def save(self, step, state, force=False):
-      saved.append(step)
 
-    def wait(self):
-      pass
+def counting_step(skipped):
+  def step_fn(state):
+    return state.replace(step=state.step + 1), {'skipped': jnp.float32(skipped),
+                                                'loss': jnp.float32(1.0), 't': jnp.float32(0.5)}
+  return step_fn
 
-  def skipping_step(state):
-    return state.replace(step=state.step + 1), {'skipped': jnp.float32(1.0)}
 
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(),
-                           key=jax.random.key(0))
+def empty_state():
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(),
+                          key=jax.random.key(0))
+
+
+class NullWriter:
+  def add_scalar(self, *args):
+    pass
+
+
+def test_too_many_skips_stop_the_run():
+  ckpt = FakeCheckpointer()
   with pytest.raises(FloatingPointError, match='3 steps in a row'):
-    train._train_loop(config, state, skipping_step, FakeCheckpointer(), None, None)  # pylint: disable=protected-access
-  assert not saved
+    train._train_loop(loop_config(), empty_state(), counting_step(1.0), ckpt, None, None)  # pylint: disable=protected-access
+  assert not ckpt.saved
+
+
+def test_signal_while_the_last_checkpoint_commits_is_a_clean_stop(capsys):
+  """SIGTERM in the final checkpoint's wait: the commit finishes and the loop reports it."""
+  guarded = []
+
+  def on_wait(ckpt):
+    # Send the signal only while a guard holds it: unguarded, it would end the test process.
+    guarded.append(signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None))
+    if guarded[-1] and ckpt.saved[-1] == 50:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  ckpt = FakeCheckpointer(on_wait)
+  result = train._train_loop(loop_config(), empty_state(), counting_step(0.0), ckpt, NullWriter(),  # pylint: disable=protected-access
+                             None)
+  assert guarded == [True], 'the last checkpoint wait ran without the preemption guard'
+  assert result is None and ckpt.saved == [50]
+  assert 'preempted (SIGTERM) after the last step: checkpoint 50' in capsys.readouterr().err
 
 
 def test_pixel_config_trains_with_a_pixel_model(tmp_path):
