@@ -16,6 +16,11 @@ def get_config():
   config.method = 'dreamfusion'
   config.prompt = 'a DSLR photo of a peacock on a surfboard'
   config.negative_prompt = ''
+  # Many assets in one launch: a list of prompts (or a text file, one per line) trains one
+  # independent NeRF per prompt, vmapped and split over the devices; each gets its own folder
+  # <workdir>/prompts/<index>_<words>. Empty: the single prompt above.
+  config.prompts = ()
+  config.prompts_file = ''
   # Departure: Stable Diffusion 2.1-base (latent, 512 px) replaces Imagen's 64x64 base model,
   # which is unreleased; renders are resized to 512 and SDS acts on the VAE latent.
   config.model = 'stabilityai/stable-diffusion-2-1-base'
@@ -26,6 +31,9 @@ def get_config():
   config.num_steps = 15_000  # Paper.
   # Paper: 4 views per step, one per TPUv4 chip.
   config.batch_size = 4
+  # Devices the views of a step are split over (0: every device on several hosts, else the
+  # most devices that batch_size splits over evenly).
+  config.num_devices = 0
   config.checkpoint_every = 500
   config.max_to_keep = 3
   config.log_every = 50

@@ -21,6 +21,8 @@ import logging
 import pathlib
 import signal
 
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 logger = logging.getLogger(__name__)
@@ -190,12 +192,13 @@ class Checkpointer:
       if step in existing:
         self._manager.delete(step)
 
-  def restore_latest(self, template):
+  def restore_latest(self, template, max_step=None):
     """Restores the newest readable checkpoint, skipping (and moving aside) unreadable ones.
 
     Args:
       template: a pytree like the saved state (same structure, shapes, dtypes and shardings),
         e.g. a freshly initialized train state; its values are not used.
+      max_step: if set, only checkpoints of steps <= max_step are considered.
 
     Returns:
       (state, step): the restored pytree and its int step, or (None, None) if no checkpoint
@@ -206,6 +209,8 @@ class Checkpointer:
     """
     self._manager.reload()  # Another process may have written or removed steps meanwhile.
     for step in sorted(self._manager.all_steps(), reverse=True):
+      if max_step is not None and step > max_step:
+        continue
       saved, error = self._read(step, ocp.args.Composite(meta=ocp.args.JsonRestore()))
       if error is None:
         # Check before restoring: a template for another config would fail with an obscure
@@ -255,12 +260,15 @@ class Checkpointer:
     while target.exists():  # The same step number may go bad in more than one run.
       target = self.corrupt_directory / f'{source.name}.{suffix}'
       suffix += 1
-    try:
-      self.corrupt_directory.mkdir(parents=True, exist_ok=True)
-      source.rename(target)
-      where = f'moved it to {target}'
-    except OSError as move_error:
-      where = f'could not move it aside ({move_error}); saving step {step} again will fail'
+    where = f'moved it to {target}'
+    if jax.process_index() == 0:  # On several hosts process 0 moves it, the others wait.
+      try:
+        self.corrupt_directory.mkdir(parents=True, exist_ok=True)
+        source.rename(target)
+      except OSError as move_error:
+        where = f'could not move it aside ({move_error}); saving step {step} again will fail'
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     logger.warning('checkpoint %d in %s cannot be restored (%s: %s); skipped it and %s', step,
                    self.directory, type(error).__name__, _one_line(error), where)
     if step in self._written:

@@ -2,6 +2,10 @@
 
 Config fields are overridden with `--config.<field>=<value>`. Any bad input (unknown field, wrong
 type, impossible value, missing data) stops with one line naming it, before anything compiles.
+
+Multi-host: every host runs the same command with `--multihost` (JAX finds the other processes
+of a TPU pod or a SLURM allocation), or with `--coordinator_address`, `--num_processes` and
+`--process_id` for a cluster it cannot detect (launch/ has the scripts).
 """
 
 import difflib
@@ -16,11 +20,21 @@ import ml_collections
 from ml_collections import config_flags
 
 from dreamfusion_jax import export
+from dreamfusion_jax import parallel
 from dreamfusion_jax import train
 from dreamfusion_jax.data import blender
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path of a configs/<name>.py file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for everything the run writes.')
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Join a multi-host run found from the environment (TPU pod workers, '
+    'SLURM tasks) with jax.distributed.initialize().')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-host run (with '
+    '--num_processes and --process_id), for clusters JAX does not detect.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes of the multi-host run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to '
+                                   'num_processes - 1.')
 
 
 def _fail(message):
@@ -86,11 +100,20 @@ def parse_flags(argv):
     _fail('--config is required, e.g. --config configs/nerf_small.py')
   if not _WORKDIR.value:
     _fail('--workdir is required: the folder that receives everything the run writes')
+  explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    _fail('--coordinator_address, --num_processes and --process_id go together: pass all three '
+          '(or --multihost to detect them)')
+  if _NUM_PROCESSES.value is not None and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+    _fail(f'--process_id={_PROCESS_ID.value} must be in [0, --num_processes='
+          f'{_NUM_PROCESSES.value})')
   return rest
 
 
 def main(argv):
   del argv
+  if _MULTIHOST.value or _COORDINATOR.value:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (train.ConfigError, blender.SceneError, export.ExportError, FloatingPointError) as e:

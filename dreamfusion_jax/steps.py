@@ -148,7 +148,7 @@ def sample_shading(key, step, settings):
 
 
 def render_views(key, params, cameras, modes, lights, *, model, background_model, render_fn,
-                 settings, randomized=True):
+                 settings, randomized=True, shard=None):
   """Shaded renders of B cameras.
 
   Args:
@@ -167,6 +167,8 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   """
   b, h, w = settings.batch_size, settings.height, settings.width
   rays = camera.generate_rays(cameras.c2w, cameras.focal, h, w).reshape(-1)
+  if shard is not None:
+    rays = jax.tree.map(shard, rays)
   per_ray = lambda x: jnp.repeat(x, h * w, axis=0)[:, None]  # [R, 1, ...] for every sample.
   shade = functools.partial(shade_samples, modes=per_ray(modes)[..., None],
                             lights=per_ray(lights), light_color=settings.light_color,
@@ -206,7 +208,7 @@ def surface_smoothness(key, params, out, rays, *, model, radius):
 
 
 def dreamfusion_step(state, diffusion, text, *, model, background_model, optimizer, render_fn,
-                     settings):
+                     settings, shard=None):
   """One DreamFusion step: random cameras and shading, render, SDS + regularisers, Optax.
 
   A step whose loss or gradient is not finite leaves params and optimiser state unchanged
@@ -240,8 +242,8 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
   def loss_fn(params):
     rgb, out, rays = render_views(key_render, params, cameras, modes, lights, model=model,
                                   background_model=background_model, render_fn=render_fn,
-                                  settings=settings)
-    images = rgb
+                                  settings=settings, shard=shard)
+    images = rgb if shard is None else shard(rgb)
     if diffusion.resolution != settings.height:
       images = guidance.resize_images(rgb, diffusion.resolution)
     sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range,

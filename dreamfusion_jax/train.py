@@ -25,6 +25,7 @@ from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
 from dreamfusion_jax import models
 from dreamfusion_jax import nerf
+from dreamfusion_jax import parallel
 from dreamfusion_jax import render
 from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
@@ -94,9 +95,55 @@ def _ordered(config, name, low=None, high=None):
   _require(ok, f'config.{name}={tuple(node)} must be an ordered (low, high) pair{bounds}')
 
 
+def prompt_list(config):
+  """The run's prompts: config.prompts, else the lines of config.prompts_file, else [prompt].
+
+  Raises:
+    ConfigError: the prompt file is missing, or a prompt is empty.
+  """
+  if config.prompts:
+    prompts = [str(p) for p in config.prompts]
+    source = 'config.prompts'
+  elif config.prompts_file:
+    path = pathlib.Path(config.prompts_file).expanduser()
+    _require(path.is_file(), f'config.prompts_file={config.prompts_file} is not a file: pass a '
+             'text file with one prompt per line')
+    prompts = [line.strip() for line in path.read_text().splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith('#')]
+    _require(bool(prompts), f'config.prompts_file={config.prompts_file} holds no prompt (one per '
+             'line; lines starting with # are comments)')
+    return prompts
+  else:
+    return [config.prompt]
+  for i, p in enumerate(prompts):
+    _require(bool(p.strip()), f'{source}[{i}] is empty: every prompt needs text')
+  return prompts
+
+
+def many_prompts(config):
+  """Whether the run trains one NeRF per prompt of a list (config.prompts or prompts_file)."""
+  return bool(config.prompts) or bool(config.prompts_file)
+
+
+def num_devices(config):
+  """Devices the run's step is spread over (parallel.mesh_size; ConfigError if impossible)."""
+  try:
+    if many_prompts(config):  # The prompt axis is split (and padded), not the views.
+      n = config.num_devices or jax.device_count()
+      return parallel.mesh_size(n, config.num_devices, jax.device_count(), jax.process_count())
+    return parallel.mesh_size(config.batch_size, config.num_devices, jax.device_count(),
+                              jax.process_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 def _validate_dreamfusion(config):
-  _require(bool(config.prompt.strip()), 'config.prompt is empty: pass the text to generate, e.g. '
-           '--config.prompt="a DSLR photo of a peacock on a surfboard"')
+  if many_prompts(config):
+    prompt_list(config)
+  else:
+    _require(bool(config.prompt.strip()), 'config.prompt is empty: pass the text to generate, '
+             'e.g. --config.prompt="a DSLR photo of a peacock on a surfboard"')
+  num_devices(config)
   _require(bool(config.model), 'config.model is empty: pass a diffusers model folder or hub id')
   looks_local = config.model.startswith(('/', '.', '~')) or config.model.count('/') != 1
   _require(not looks_local or pathlib.Path(config.model).expanduser().is_dir(),
@@ -289,12 +336,27 @@ def make_sds_settings(config):
       smoothness_weight=loss.smoothness_weight, smoothness_radius=loss.smoothness_radius)
 
 
-def make_dreamfusion_step(config, model, background_model, optimizer, donate=True):
-  """The jitted steps.dreamfusion_step (state, diffusion, text) -> (state, metrics)."""
-  return jax.jit(functools.partial(
+def make_dreamfusion_step(config, model, background_model, optimizer, donate=True, mesh=None,
+                          vmapped=False):
+  """The jitted steps.dreamfusion_step (state, diffusion, text) -> (state, metrics).
+
+  Args:
+    config, model, background_model, optimizer: as the run's.
+    donate: donate the state's buffers.
+    mesh: with more than one device, the step's views are split over its `data` axis.
+    vmapped: one state and text per prompt along a leading axis (many prompts at once); the
+      views of a prompt are not split.
+  """
+  shard = None
+  if mesh is not None and mesh.size > 1 and not vmapped:
+    shard = parallel.constrain_fn(mesh)
+  step = functools.partial(
       steps.dreamfusion_step, model=model, background_model=background_model,
-      optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config)),
-      donate_argnums=0 if donate else ())
+      optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config),
+      shard=shard)
+  if vmapped:
+    step = jax.vmap(step, in_axes=(0, None, 0))
+  return jax.jit(step, donate_argnums=0 if donate else ())
 
 
 def run_metadata(config):
@@ -314,7 +376,7 @@ def init_dreamfusion_state(config, model, background_model, optimizer):
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=optimizer.init(params), key=key)
   # Committed to a device like the step's outputs, so the second call does not compile again.
-  return jax.device_put(state, jax.devices()[0])
+  return jax.device_put(state, jax.local_devices()[0])
 
 
 def load_diffusion(config):
@@ -379,23 +441,29 @@ class Renderer:
     return [np.asarray(jnp.clip(x, 0, 1)) for x in (albedo, normal_img, textureless, opacity)]
 
 
-def export_assets(config, workdir, state):
-  """Writes the turntable video (albedo | normals | textureless) and the mesh files."""
+def export_assets(config, workdir, params):
+  """Writes the turntable video (albedo | normals | textureless) and the mesh files.
+
+  Args:
+    config: the run's config.
+    workdir: the folder that receives them.
+    params: the trained {'nerf', 'background'} (host or single-device arrays).
+  """
   ex = config.export
   model, background_model = make_nerf(config), make_background(config)
   renderer = Renderer(config, model, background_model)
   focal = float(camera.focal_from_fov(ex.video_fov_deg, ex.video_size))
   frames = export.turntable_frames(
-      lambda c2w, f: renderer(state.params, c2w, f, ex.video_size)[:3], ex.video_frames,
+      lambda c2w, f: renderer(params, c2w, f, ex.video_size)[:3], ex.video_frames,
       elevation_deg=ex.video_elevation_deg, distance=ex.video_distance, focal=focal,
       height=ex.video_size, width=ex.video_size)
   video = export.write_video(workdir / 'turntable.mp4', frames, fps=ex.video_fps)
   density = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[0])
   albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
-  grid = export.density_grid(lambda x: density(state.params['nerf'], x), ex.mesh_resolution,
+  grid = export.density_grid(lambda x: density(params['nerf'], x), ex.mesh_resolution,
                              ex.mesh_bound)
   mesh = export.extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold,
-                             color_fn=lambda x: np.asarray(albedo(state.params['nerf'], x)))
+                             color_fn=lambda x: np.asarray(albedo(params['nerf'], x)))
   paths = export.write_mesh(mesh, workdir, 'mesh')
   print(f'wrote {video} and {", ".join(str(p) for p in paths.values())} '
         f'({len(mesh.faces)} faces)')
@@ -424,63 +492,281 @@ def export_from_checkpoint(config, workdir):
   if state is None:
     raise ConfigError(f'{workdir / "checkpoints"} holds no readable checkpoint to export')
   print(f'exporting checkpoint {step} of {workdir}')
-  return export_assets(config, workdir, state)
+  return export_assets(config, workdir, state.params)
 
 
-def _log_previews(writer, renderer, state, config):
+def _log_previews(writer, renderer, params, step, config):
   size = config.render.width
   c2w = camera.orbit_cameras(1, elevation_deg=15.0, distance=float(
       np.mean(config.camera.distance_range)), focal=float(size))
-  images = renderer(state.params, c2w.c2w[0], c2w.focal[0], size)
+  images = renderer(params, c2w.c2w[0], c2w.focal[0], size)
   for name, image in zip(('rgb', 'normals', 'textureless', 'opacity'), images):
-    writer.add_image(f'preview/{name}', image, int(state.step), dataformats='HWC')
+    writer.add_image(f'preview/{name}', image, step, dataformats='HWC')
+
+
+class _NullWriter:
+  """The summary writer of the processes other than 0: writes nothing."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def add_image(self, *args, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
+def _writer(folder):
+  return SummaryWriter(str(folder)) if parallel.is_primary() else _NullWriter()
+
+
+def _encode_prompt(diffusion, config, prompt, where='config.prompt'):
+  try:
+    return diffusion.encode_views(prompt, config.negative_prompt)
+  except ValueError as e:
+    raise ConfigError(f'{where}: {e}') from e
 
 
 def fit_dreamfusion(config, workdir):
   """DreamFusion: optimises a NeRF with SDS from a frozen diffusion model, then exports it."""
+  if many_prompts(config):
+    return fit_many_prompts(config, workdir)
   start = time.time()
   diffusion = load_diffusion(config)
-  try:
-    text = diffusion.encode_views(config.prompt, config.negative_prompt)
-  except ValueError as e:
-    raise ConfigError(f'config.prompt: {e}') from e
+  text = _encode_prompt(diffusion, config, config.prompt)
+  mesh = parallel.make_mesh(num_devices(config))
   model, background_model = make_nerf(config), make_background(config)
   optimizer = make_optimizer(config)
-  state = init_dreamfusion_state(config, model, background_model, optimizer)
+  # Replicated over the mesh; the restore template's sharding is where the checkpoint lands.
+  state = parallel.replicate(init_dreamfusion_state(config, model, background_model, optimizer),
+                             mesh)
   ckpt, restored, restored_step = open_checkpoints(config, workdir, state)
   if restored is not None:
     state = restored
-    print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
-  step_fn = make_dreamfusion_step(config, model, background_model, optimizer)
+    _print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
+  diffusion, text = parallel.replicate((diffusion, text), mesh)
+  _print(f'{config.batch_size} views per step over {mesh.size} of {jax.device_count()} devices '
+         f'({jax.process_count()} processes)')
+  step_fn = make_dreamfusion_step(config, model, background_model, optimizer, mesh=mesh)
   renderer = Renderer(config, model, background_model)
-  writer = SummaryWriter(str(workdir / 'tensorboard'))
+  writer = _writer(workdir / 'tensorboard')
+
+  def preview(state):
+    params = parallel.to_host(state.params)
+    if parallel.is_primary():
+      _log_previews(writer, renderer, params, int(state.step), config)
+
   state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,
-                      renderer)
+                      preview)
   ckpt.close()
   writer.close()
   if state is None:
     return None  # Preempted: the checkpoint is written, the job can be restarted.
   train_seconds = time.time() - start
-  export_assets(config, workdir, state)
-  seconds = time.time() - start
-  metrics = {'steps': int(state.step), 'seconds': seconds, 'train_seconds': train_seconds,
-             'export_seconds': seconds - train_seconds}
-  (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+  params = parallel.to_host(state.params)
+  metrics = {'steps': int(state.step), 'train_seconds': train_seconds}
+  if parallel.is_primary():
+    export_assets(config, workdir, params)
+    seconds = time.time() - start
+    metrics.update(seconds=seconds, export_seconds=seconds - train_seconds)
+    (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+  parallel.sync('export')
   return metrics
 
 
-def _train_loop(config, state, step_fn, ckpt, writer, renderer):
-  """Runs steps to config.num_steps with logging and checkpoints; None if preempted."""
-  first = int(state.step)
+def _print(*args, **kwargs):
+  if parallel.is_primary():
+    print(*args, **kwargs)
+
+
+def _slug(prompt, limit=48):
+  """A folder-name form of a prompt: lowercase words joined by '_'."""
+  words = ''.join(c if c.isalnum() else ' ' for c in prompt.lower()).split()
+  return '_'.join(words)[:limit] or 'prompt'
+
+
+def prompt_dirs(workdir, prompts):
+  """Each prompt's own folder of a many-prompt run: `<workdir>/prompts/<index>_<slug>`."""
+  return [pathlib.Path(workdir) / 'prompts' / f'{i:03d}_{_slug(p)}' for i, p in enumerate(prompts)]
+
+
+def _prompt_config(config, prompt):
+  """The config of one prompt of a many-prompt run, as that prompt trained alone would have it."""
+  single = config.copy_and_resolve_references()
+  single.prompt = prompt
+  single.prompts = ()
+  single.prompts_file = ''
+  return single
+
+
+class _Checkpointers:
+  """One Checkpointer per prompt, saving the slices of a stacked state together."""
+
+  def __init__(self, checkpointers, take):
+    self.checkpointers = checkpointers
+    self._take = take  # (stacked state, index) -> that prompt's state, replicated.
+
+  def save(self, step, state, force=False):
+    return all([c.save(step, self._take(state, i), force=force)
+                for i, c in enumerate(self.checkpointers)])
+
+  def wait(self):
+    for c in self.checkpointers:
+      c.wait()
+
+  def close(self):
+    for c in self.checkpointers:
+      c.close()
+
+
+class _Writers:
+  """Summary writers, one per prompt: a metric of shape [P] gives each writer its own value."""
+
+  def __init__(self, writers):
+    self.writers = writers
+
+  def add_scalar(self, tag, value, step):
+    values = np.broadcast_to(np.asarray(value), (len(self.writers),))
+    for writer, v in zip(self.writers, values):
+      writer.add_scalar(tag, float(v), step)
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
+
+
+def _restore_aligned(checkpointers, template):
+  """Each prompt's newest readable checkpoint, all at the same step (the oldest of them).
+
+  A run stopped between two prompts' saves leaves some prompts one checkpoint ahead; they go
+  back to the common step so that the stacked state is one step.
+
+  Returns:
+    (list of states or None, step or None): None when some prompt has no checkpoint.
+  """
+  limit = None
+  while True:
+    found = [c.restore_latest(template, max_step=limit) for c in checkpointers]
+    found_steps = [step for _, step in found]
+    if any(step is None for step in found_steps):
+      return None, None
+    if len(set(found_steps)) == 1:
+      return [state for state, _ in found], found_steps[0]
+    limit = min(found_steps)
+
+
+def fit_many_prompts(config, workdir):
+  """One independent NeRF per prompt, vmapped over prompts and split over the devices.
+
+  Each prompt trains exactly as it would alone with the same config and seed (up to float
+  reduction order) and gets its own folder (prompt_dirs) with config.json, checkpoints,
+  tensorboard, turntable and mesh, so `eval` and export work on it as on a single run.
+  """
+  start = time.time()
+  prompts = prompt_list(config)
+  diffusion = load_diffusion(config)
+  texts = [_encode_prompt(diffusion, config, p, f'prompt {i} ({p!r})')
+           for i, p in enumerate(prompts)]
+  mesh = parallel.make_mesh(num_devices(config))
+  padded = len(prompts) + (-len(prompts)) % mesh.size  # Copies of the last prompt fill the mesh.
+  texts = texts + [texts[-1]] * (padded - len(prompts))
+  model, background_model = make_nerf(config), make_background(config)
+  optimizer = make_optimizer(config)
+  template = parallel.replicate(init_dreamfusion_state(config, model, background_model,
+                                                       optimizer), mesh)
+  dirs = prompt_dirs(workdir, prompts)
+  checkpointers = []
+  for folder, prompt in zip(dirs, prompts):
+    folder.mkdir(parents=True, exist_ok=True)
+    if parallel.is_primary():
+      (folder / 'config.json').write_text(
+          _prompt_config(config, prompt).to_json_best_effort(indent=2))
+    checkpointers.append(checkpoint.Checkpointer(folder / 'checkpoints',
+                                                 max_to_keep=config.max_to_keep,
+                                                 metadata=run_metadata(config)))
+  try:
+    states, restored_step = _restore_aligned(checkpointers, template)
+  except checkpoint.CheckpointError as e:
+    for c in checkpointers:
+      c.close()
+    raise ConfigError(str(e)) from e
+  if states is None:
+    states, restored_step = [template] * len(prompts), None
+  else:
+    _print(f'resumed {len(prompts)} prompts from checkpoint {restored_step}')
+  states = states + [states[-1]] * (padded - len(prompts))
+  stack = jax.jit(lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs),
+                  out_shardings=parallel.split(mesh))
+  state = stack(*states)
+  take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s),
+                 out_shardings=parallel.replicated(mesh))
+  text = parallel.shard_leading(jax.tree.map(lambda *xs: np.stack(xs), *texts), mesh)
+  diffusion = parallel.replicate(diffusion, mesh)
+  _print(f'{len(prompts)} prompts ({padded} with padding) over {mesh.size} of '
+         f'{jax.device_count()} devices ({jax.process_count()} processes)')
+  step_fn = make_dreamfusion_step(config, model, background_model, optimizer, mesh=mesh,
+                                  vmapped=True)
+  ckpt = _Checkpointers(checkpointers, take)
+  writer = _Writers([_writer(folder / 'tensorboard') for folder in dirs]
+                    + [_NullWriter()] * (padded - len(prompts)))
+  renderer = Renderer(config, model, background_model)
+
+  def preview(state):
+    for i, w in enumerate(writer.writers[:len(prompts)]):
+      params = parallel.to_host(take(state, i).params)
+      if parallel.is_primary():
+        _log_previews(w, renderer, params, int(state.step[0]), config)
+
+  state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,
+                      preview)
+  ckpt.close()
+  writer.close()
+  if state is None:
+    return None
+  train_seconds = time.time() - start
+  summary = {'prompts': prompts, 'steps': config.num_steps, 'train_seconds': train_seconds,
+             'folders': [str(d) for d in dirs]}
+  for i, folder in enumerate(dirs):
+    params = parallel.to_host(take(state, i).params)
+    if parallel.is_primary():
+      export_assets(config, folder, params)
+      (folder / 'metrics.json').write_text(json.dumps(
+          {'prompt': prompts[i], 'steps': config.num_steps, 'train_seconds': train_seconds},
+          indent=2))
+  if parallel.is_primary():
+    summary['seconds'] = time.time() - start
+    (pathlib.Path(workdir) / 'metrics.json').write_text(json.dumps(summary, indent=2))
+  parallel.sync('export')
+  return summary
+
+
+def _stop_requested(guard):
+  """Whether any process received a stop signal (all then stop at the same step)."""
+  if jax.process_count() == 1:
+    return guard.requested
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(guard.requested))))
+
+
+def _train_loop(config, state, step_fn, ckpt, writer, preview_fn):
+  """Runs steps to config.num_steps with logging and checkpoints; None if preempted.
+
+  With many prompts the state and metrics carry a leading prompt axis; a step counts as skipped
+  when any prompt's was, and the bar shows the mean over prompts.
+  """
+  step_of = lambda s: int(np.asarray(parallel.to_host(s.step)).reshape(-1)[0])
+  first = step_of(state)
   bar = tqdm.tqdm(total=config.num_steps, initial=first, desc=config.method,
-                  dynamic_ncols=True, file=sys.stderr)
+                  dynamic_ncols=True, file=sys.stderr, disable=not parallel.is_primary())
   consecutive, skipped, tick = 0, 0, time.time()
   with checkpoint.PreemptionGuard() as guard:
-    while int(state.step) < config.num_steps:
+    step = first
+    while step < config.num_steps:
       state, metrics = step_fn(state)
-      step = int(state.step)  # Waits for the step: the bar's rate stays true.
+      step = step_of(state)  # Waits for the step: the bar's rate stays true.
       bar.update(1)
-      if float(metrics['skipped']):
+      if float(np.max(parallel.to_host(metrics['skipped']))):
         consecutive, skipped = consecutive + 1, skipped + 1
         print(f'step {step}: non-finite loss or gradient, step skipped ({skipped} so far)',
               file=sys.stderr)
@@ -492,29 +778,29 @@ def _train_loop(config, state, step_fn, ckpt, writer, renderer):
       else:
         consecutive = 0
       if step % config.log_every == 0 or step == config.num_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = dict(parallel.to_host(metrics))
         metrics.update(skipped_total=skipped,
                        steps_per_second=config.log_every / max(time.time() - tick, 1e-9))
         tick = time.time()
-        bar.set_postfix(loss=f'{metrics["loss"]:.4g}', t=f'{metrics["t"]:.2f}')
+        bar.set_postfix(loss=f'{np.mean(metrics["loss"]):.4g}', t=f'{np.mean(metrics["t"]):.2f}')
         for name, value in metrics.items():
-          writer.add_scalar(f'train/{name}', value, step)
-      if step % config.preview_every == 0:
-        _log_previews(writer, renderer, state, config)
+          writer.add_scalar(f'train/{name}', value if np.ndim(value) else float(value), step)
+      if step % config.preview_every == 0 and preview_fn is not None:
+        preview_fn(state)
       saved = step % config.checkpoint_every == 0 or step == config.num_steps
       if saved:
         ckpt.save(step, state)
-      if guard.requested:
+      if _stop_requested(guard):
         if not saved:
           ckpt.save(step, state, force=True)
         ckpt.wait()
-        print(f'preempted ({guard.signal_name}): saved checkpoint {step}; run the same command '
+        print(f'preempted ({guard.signal_name or "a signal to another process"}): saved checkpoint {step}; run the same command '
               'to resume', file=sys.stderr)
         return None
     ckpt.wait()  # Guarded too: a signal now must not cut the last checkpoint's commit short.
     bar.close()
-    if guard.requested:
-      print(f'preempted ({guard.signal_name}) after the last step: checkpoint {int(state.step)} '
+    if _stop_requested(guard):
+      print(f'preempted ({guard.signal_name or "a signal to another process"}) after the last step: checkpoint {step} '
             'is complete; run the same command to export', file=sys.stderr)
       return None
   return state
