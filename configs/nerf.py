@@ -17,6 +17,9 @@ def get_config():
   config.seed = 0
   config.num_steps = 50_000
   config.batch_size = 4096  # Rays per step.
+  # Devices the rays of a step are split over (0: every device on several hosts, else the most
+  # devices that batch_size splits over evenly).
+  config.num_devices = 0
   config.log_every = 100
 
   config.data = ml_collections.ConfigDict()

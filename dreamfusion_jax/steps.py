@@ -52,7 +52,7 @@ class PosedPixels:
 
 
 def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, background,
-                     coarse_weight):
+                     coarse_weight, shard=None):
   """One classic-NeRF step: a random batch of pixels, render, MSE, Adam.
 
   Args:
@@ -64,6 +64,8 @@ def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, 
     batch_size: int rays per step.
     background: float32 [3] background colour of the images.
     coarse_weight: weight of every level but the last in the loss (mip-NeRF: 0.1).
+    shard: None, or a function that splits an array's leading axis over the devices
+      (parallel.constrain_fn): each device renders its share of the rays.
 
   Returns:
     The new TrainState and a dict of float32 scalar metrics (loss, psnr of the last level).
@@ -72,6 +74,8 @@ def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, 
   key_batch, key_render = jax.random.split(key)
   index = jax.random.randint(key_batch, (batch_size,), 0, pixels.rgb.shape[0])
   batch = jax.tree.map(lambda x: x[index], pixels)
+  if shard is not None:
+    batch = jax.tree.map(shard, batch)
   bg = jnp.broadcast_to(background, batch.rgb.shape)
 
   def loss_fn(params):
@@ -161,6 +165,7 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
     render_fn: render.render_rays with its sampling settings bound.
     settings: SDSSettings (render size, light colour, ambient).
     randomized: jitter the samples.
+    shard: None, or the function that splits the rays over the devices.
 
   Returns:
     rgb float32 [B, H, W, 3] and the last level's RenderOutput over the R = B H W rays.
@@ -222,6 +227,11 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
     optimizer: optax.GradientTransformation.
     render_fn: render.render_rays with its sampling settings bound.
     settings: SDSSettings.
+    shard: None, or a function that splits an array's leading axis over the devices
+      (parallel.constrain_fn): the B H W rays and the B renders are split, so each device
+      renders its views and runs SDS on them, and the gradient of the replicated parameters
+      becomes the all-reduced sum over devices. Every draw is made from the replicated key, so
+      the step computes the same values on any number of devices.
 
   Returns:
     The new TrainState and a dict of float32 scalar metrics.

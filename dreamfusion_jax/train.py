@@ -80,6 +80,7 @@ def validate_config(config, workdir):
            f'{config.nerf.num_blocks} >= 0')
   if config.method == 'nerf':
     _validate_data(config.data)
+    num_devices(config)
   else:
     _validate_dreamfusion(config)
 
@@ -122,7 +123,7 @@ def prompt_list(config):
 
 def many_prompts(config):
   """Whether the run trains one NeRF per prompt of a list (config.prompts or prompts_file)."""
-  return bool(config.prompts) or bool(config.prompts_file)
+  return bool(config.get('prompts')) or bool(config.get('prompts_file'))
 
 
 def num_devices(config):
@@ -271,37 +272,45 @@ def fit_nerf(config, workdir):
                       jnp.zeros((1, 3)))
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(params), key=key)
+  mesh = parallel.make_mesh(num_devices(config))
+  state, pixels = parallel.replicate((state, pixels), mesh)
   step_fn = jax.jit(functools.partial(
       steps.photometric_step, model=model, optimizer=optimizer, render_fn=render_fn,
       batch_size=config.batch_size, background=jnp.asarray(background, jnp.float32),
-      coarse_weight=config.render.coarse_loss_weight), donate_argnums=0)
-  writer = SummaryWriter(str(workdir / 'tensorboard'))
-  bar = tqdm.trange(config.num_steps, desc='nerf', dynamic_ncols=True, file=sys.stderr)
+      coarse_weight=config.render.coarse_loss_weight,
+      shard=parallel.constrain_fn(mesh) if mesh.size > 1 else None), donate_argnums=0)
+  _print(f'{config.batch_size} rays per step over {mesh.size} of {jax.device_count()} devices '
+         f'({jax.process_count()} processes)')
+  writer = _writer(workdir / 'tensorboard')
+  bar = tqdm.trange(config.num_steps, desc='nerf', dynamic_ncols=True, file=sys.stderr,
+                    disable=not parallel.is_primary())
   for step in bar:
     state, metrics = step_fn(state, pixels)
     # Wait for the step, so the bar's speed and ETA are true rather than dispatch rates.
     jax.block_until_ready(state.step)
     if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-      metrics = jax.device_get(metrics)
+      metrics = parallel.to_host(metrics)
       bar.set_postfix(loss=f'{metrics["loss"]:.4f}', psnr=f'{metrics["psnr"]:.2f}')
       for name, value in metrics.items():
         writer.add_scalar(f'train/{name}', float(value), step + 1)
   train_seconds = time.time() - start
-  renders = render_views(state.params, model, render_fn, test_views,
+  renders = render_views(parallel.to_host(state.params), model, render_fn, test_views,
                          jnp.asarray(background, jnp.float32), config.render.chunk_size)
   mses = jnp.mean((renders - test_views.images)**2, axis=(1, 2, 3))
   test_psnrs = np.asarray(losses.psnr(mses))
+  metrics = {'test_psnr': float(test_psnrs.mean()), 'test_psnr_per_view': test_psnrs.tolist(),
+             'steps': int(state.step), 'seconds': time.time() - start,
+             'train_seconds': train_seconds}
+  writer.add_scalar('test/psnr', metrics['test_psnr'], int(state.step))
+  writer.close()
+  if not parallel.is_primary():
+    return metrics
   render_dir = workdir / 'renders'
   render_dir.mkdir(exist_ok=True)
   for i in range(min(config.eval.save_images, len(renders))):
     side_by_side = np.concatenate([np.asarray(renders[i]), test_views.images[i]], axis=1)
     iio.imwrite(render_dir / f'test_{i:03d}.png',
                 (np.clip(side_by_side, 0, 1) * 255).round().astype(np.uint8))
-  metrics = {'test_psnr': float(test_psnrs.mean()), 'test_psnr_per_view': test_psnrs.tolist(),
-             'steps': int(state.step), 'seconds': time.time() - start,
-             'train_seconds': train_seconds}
-  writer.add_scalar('test/psnr', metrics['test_psnr'], int(state.step))
-  writer.close()
   (workdir / 'metrics.json').write_text(json.dumps(metrics, indent=2))
   print(f'test PSNR {metrics["test_psnr"]:.2f} dB after {metrics["steps"]} steps, '
         f'{metrics["seconds"]:.0f} s; wrote {workdir / "metrics.json"}')
@@ -819,8 +828,9 @@ def train_and_evaluate(config, workdir):
   validate_config(config, workdir)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  (workdir / 'command.txt').write_text(' '.join(sys.argv) + '\n')
+  if parallel.is_primary():
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    (workdir / 'command.txt').write_text(' '.join(sys.argv) + '\n')
   if config.method == 'dreamfusion':
     return fit_dreamfusion(config, workdir)
   return fit_nerf(config, workdir)

@@ -95,6 +95,19 @@ def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path):
   assert_same_training(a, b)
 
 
+@pytest.mark.slow  # Two nerf_small fits, one compiled for 8 devices: about 4 minutes.
+def test_classic_nerf_on_eight_devices_matches_one(small_scene, jax_cache, tmp_path):
+  def fit(workdir, devices):
+    run_ok([sys.executable, '-m', 'dreamfusion_jax.main', '--config', 'configs/nerf_small.py',
+            '--workdir', str(workdir), f'--config.data.path={small_scene}',
+            '--config.num_steps=30', '--config.batch_size=512', '--config.log_every=10',
+            f'--config.num_devices={devices}'], jax_cache, 8)
+    return json.loads((workdir / 'metrics.json').read_text())['test_psnr_per_view']
+  one, eight = fit(tmp_path / 'one', 1), fit(tmp_path / 'eight', 8)
+  assert min(one) > 12.0  # It learned something in 30 steps.
+  np.testing.assert_allclose(eight, one, atol=0.05)
+
+
 def test_uneven_batch_is_a_clear_error(tiny_model, jax_cache, tmp_path):
   code, _, err = finish(run(main_command(tmp_path / 'w', tiny_model, num_devices=8,
                                          batch_size=3), jax_cache, 8))
