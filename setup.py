@@ -45,8 +45,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dreamfusion_jax', 'dreamfusion_jax.*']),
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
-    # The toy world's trained prior and CLIP (diffusers/transformers folders, a few MB).
-    package_data={'dreamfusion_jax': ['toy/weights/*/*', 'toy/weights/*/*/*']},
+    # The toy world's trained prior and CLIP (diffusers/transformers folders, a few MB) and the
+    # COCO caption list of the R-precision benchmark.
+    package_data={'dreamfusion_jax': ['toy/weights/*/*', 'toy/weights/*/*/*',
+                                     'data/*.txt']},
     extras_require={'test': TEST_REQUIRES},
     license='Apache-2.0',
 )

@@ -28,6 +28,10 @@ def get_config():
   config.from_pt = True  # The hub repository ships PyTorch safetensors.
   config.allow_pickle = False  # Never unpickle .bin weights unless set.
   config.seed = 0
+  # Start from an initial shape: the NeRF (and background) of the newest checkpoint of an earlier
+  # run's folder, e.g. a DreamFusion result refined by Dream Fields or the reverse (a
+  # Dreamfields-3D option). Its NeRF config must match; the optimiser starts fresh. '' = none.
+  config.init_from = ''
   config.num_steps = 15_000  # Paper.
   # Paper: 4 views per step, one per TPUv4 chip.
   config.batch_size = 4
@@ -48,6 +52,17 @@ def get_config():
   config.t_max_end = 0.98
   config.t_anneal_steps = 15_000
   config.weighting = 'sigma2'  # [likely] w(t) = sigma_t^2 = 1 - abar_t.
+  config.sds_weight = 1.0  # Weight of the SDS loss (0: no diffusion model, as Dream Fields).
+
+  # Dream Fields' CLIP guidance (configs/dreamfields.py); off in DreamFusion. Both weights > 0
+  # combine the two guidances in one run (a Dreamfields-3D option).
+  config.clip = ml_collections.ConfigDict()
+  config.clip.weight = 0.0
+  config.clip.model = ''  # transformers CLIP folder or hub id, e.g. openai/clip-vit-base-patch16.
+  config.clip.from_pt = False
+  config.clip.augmentations = 8  # Augmented copies of each render per step.
+  config.clip.min_scale = 0.8  # Smallest random crop, as a share of the render's side.
+  config.clip.blur_sigma = 10.0  # Background blur sigma ~ U(0, this) in pixels.
 
   config.render = ml_collections.ConfigDict()
   config.render.height = 64  # Paper: 64x64 renders.
@@ -86,6 +101,12 @@ def get_config():
   # and at a point jittered by N(0, radius^2), against bumpy surfaces.
   config.loss.smoothness_weight = 0.0
   config.loss.smoothness_radius = 0.02
+  # Dream Fields' transmittance loss -min(target, mean transmittance) (off in DreamFusion), the
+  # target rising linearly from start to end over transmittance_steps.
+  config.loss.transmittance_weight = 0.0
+  config.loss.transmittance_start = 0.5
+  config.loss.transmittance_end = 0.9
+  config.loss.transmittance_steps = 500
 
   config.nerf = ml_collections.ConfigDict()
   config.nerf.encoding = 'ipe'  # Paper: integrated positional encoding.

@@ -57,6 +57,7 @@ ELEVATION_DEG = 30.0
 DISTANCE = 1.25
 FOV_DEG = 45.0
 THRESHOLD = 0.5  # Opacity (or coverage) above which a pixel belongs to the object.
+COCO_CAPTIONS = pathlib.Path(__file__).parent / 'data' / 'coco_val_captions.txt'
 NON_TOY_NOTE = ('not a toy prompt: no true object, so iou and color are null; R-precision '
                 'needs a real CLIP (--clip) and real captions (--captions) to mean anything')
 
@@ -284,14 +285,14 @@ def load_config(workdir):
     raise EvalError(f'--workdir {workdir} is not a folder: pass the folder of a DreamFusion run')
   config_file = workdir / 'config.json'
   if not config_file.is_file():
-    raise EvalError(f'{config_file} not found: --workdir must be a DreamFusion run folder')
+    raise EvalError(f'{config_file} not found: --workdir must be a text-to-3D run folder')
   try:
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
   except ValueError as e:
     raise EvalError(f'{config_file} is not a run config ({e})') from e
-  if config.get('method') != 'dreamfusion':
+  if config.get('method') not in ('dreamfusion', 'dreamfields'):
     raise EvalError(f'{config_file} is a config.method={config.get("method")!r} run: only '
-                    'DreamFusion runs can be evaluated')
+                    'text-to-3D (DreamFusion, Dream Fields) runs can be evaluated')
   return config
 
 
@@ -390,13 +391,58 @@ def summary(results, path):
   return ' '.join(parts)
 
 
+def normalize_caption(text):
+  """Dream Fields' form of a caption: lower case, no spaces, dots or commas at the ends, one dot."""
+  return text.lower().strip(' .,') + '.'
+
+
+def coco_captions():
+  """The 153 object-centric COCO validation captions of Dream Fields' benchmark, normalised."""
+  return [normalize_caption(c) for c in _read_captions(COCO_CAPTIONS)]
+
+
 def _read_captions(path):
-  """Lines of a captions file; raises EvalError."""
+  """Lines of a captions file, without blank lines and # comments; raises EvalError."""
   try:
-    return pathlib.Path(path).read_text().splitlines()
+    lines = pathlib.Path(path).read_text().splitlines()
   except (OSError, UnicodeDecodeError) as e:
     raise EvalError(f'--captions {path}: cannot read it ({e}); pass a text file, one caption '
-                    'per line') from e
+                    'per line, or coco for the 153 COCO captions') from e
+  return [line for line in lines if line.strip() and not line.lstrip().startswith('#')]
+
+
+def prompt_runs(workdir):
+  """The per-prompt folders of a many-prompt run (train.prompt_dirs order), or [] for one run."""
+  folder = pathlib.Path(workdir) / 'prompts'
+  if (pathlib.Path(workdir) / 'checkpoints').is_dir() or not folder.is_dir():
+    return []
+  return sorted(p for p in folder.iterdir() if (p / 'config.json').is_file())
+
+
+def table(results):
+  """The R-precision table of several runs: per prompt, then the means (the paper's figures).
+
+  Args:
+    results: list of eval.json dicts, one per prompt.
+
+  Returns:
+    dict with `prompts` (one {prompt, r_precision, r_precision_geometry, iou, color_correct,
+    ranks, ranks_geometry} per run) and the means `r_precision`, `r_precision_geometry` and,
+    over the toy prompts, `iou` and `color_accuracy` (None without toy prompts).
+  """
+  rows = [{'prompt': r['prompt'], 'r_precision': r['r_precision'],
+           'r_precision_geometry': r['r_precision_geometry'], 'iou': r['iou'],
+           'color_correct': r['color_correct'], 'ranks': [v['rank'] for v in r['views']],
+           'ranks_geometry': [v['rank_geometry'] for v in r['views']]} for r in results]
+  toy_rows = [row for row in rows if row['iou'] is not None]
+  mean = lambda values: float(np.mean(values)) if values else None
+  return {
+      'prompts': rows,
+      'r_precision': mean([row['r_precision'] for row in rows]),
+      'r_precision_geometry': mean([row['r_precision_geometry'] for row in rows]),
+      'iou': mean([row['iou'] for row in toy_rows]),
+      'color_accuracy': mean([float(row['color_correct']) for row in toy_rows]),
+  }
 
 
 def _load_clip(path_or_id):
@@ -416,7 +462,8 @@ def main(argv=None):
   parser.add_argument('--clip', default=str(toy.CLIP_DIR),
                       help='CLIP folder or hub id (default: the shipped toy CLIP)')
   parser.add_argument('--captions', default=None,
-                      help='text file, one caption per line (default: the 30 toy prompts); '
+                      help='text file, one caption per line, or "coco" for the 153 COCO '
+                      'captions of the Dream Fields benchmark (default: the 30 toy prompts); '
                       'the prompt is added if missing')
   parser.add_argument('--num_views', type=int, default=8)
   parser.add_argument('--size', type=int, default=64)
@@ -424,22 +471,42 @@ def main(argv=None):
   try:
     if args.num_views < 1 or args.size < 8:
       raise EvalError(f'--num_views={args.num_views} must be >= 1 and --size={args.size} >= 8')
-    config = load_config(args.workdir)
-    prompt = config.prompt if args.prompt is None else args.prompt
-    if not prompt.strip():
+    runs = prompt_runs(args.workdir) or [pathlib.Path(args.workdir)]
+    if len(runs) > 1 and args.prompt is not None:
+      raise EvalError(f'--workdir {args.workdir} holds {len(runs)} prompts\' runs, each scored '
+                      'with its own prompt: drop --prompt')
+    configs = [load_config(run) for run in runs]
+    prompts = [c.prompt if args.prompt is None else args.prompt for c in configs]
+    if any(not p.strip() for p in prompts):
       raise EvalError('the prompt is empty: pass --prompt')
-    captions = None if args.captions is None else _read_captions(args.captions)
-    check_checkpoints(args.workdir)  # Before the slow CLIP load.
+    if args.captions == 'coco':
+      captions = coco_captions()
+      prompts = [normalize_caption(p) for p in prompts]
+    else:
+      captions = None if args.captions is None else _read_captions(args.captions)
+    for run in runs:
+      check_checkpoints(run)  # Before the slow CLIP load.
     clip_model = _load_clip(args.clip)
-    results, strip = evaluate(config, args.workdir, prompt, clip_model, captions,
-                              clip_name=args.clip, num_views=args.num_views, size=args.size)
+    results = []
+    for run, config, prompt in zip(runs, configs, prompts):
+      result, strip = evaluate(config, run, prompt, clip_model, captions, clip_name=args.clip,
+                               num_views=args.num_views, size=args.size)
+      path = run / 'eval.json'
+      path.write_text(json.dumps(result, indent=2))
+      iio.imwrite(path.with_name('eval_views.png'), strip)
+      print(summary(result, path))
+      results.append(result)
   except (EvalError, train.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  path = pathlib.Path(args.workdir) / 'eval.json'
-  path.write_text(json.dumps(results, indent=2))
-  iio.imwrite(path.with_name('eval_views.png'), strip)
-  print(summary(results, path))
+  if len(runs) > 1:
+    path = pathlib.Path(args.workdir) / 'eval.json'
+    scores = table(results)
+    path.write_text(json.dumps(scores, indent=2))
+    for row in scores['prompts']:
+      print(f'  {row["r_precision"]:.3f}  {row["r_precision_geometry"]:.3f}  {row["prompt"]}')
+    print(f'mean R-precision {scores["r_precision"]:.3f} (geometry '
+          f'{scores["r_precision_geometry"]:.3f}) over {len(runs)} prompts; wrote {path}')
   return 0
 
 

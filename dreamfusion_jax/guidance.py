@@ -343,3 +343,20 @@ class Diffusion:
     aux = dict(aux, t=t)
     return jnp.sum(jax.lax.stop_gradient(grad) * images), aux
 
+
+
+def clip_loss(clip_model, images, text_embedding):
+  """Dream Fields' CLIP guidance: minus the mean cosine similarity of images and the caption.
+
+  Args:
+    clip_model: a frozen clip.Clip (a pytree argument; its parameters get no gradient).
+    images: float32 [N, H, W, 3] augmented renders in [0, 1] (differentiable).
+    text_embedding: float32 [D] or [N, D] L2-normalised caption embedding(s)
+      (clip.Clip.embed_text, e.g. one view-dependent caption per image).
+
+  Returns:
+    float32 scalar in [-1, 1].
+  """
+  image_embedding = clip_model.embed_images(images)  # [N, D], normalised.
+  text_embedding = jax.lax.stop_gradient(jnp.asarray(text_embedding, jnp.float32))
+  return -jnp.mean(jnp.sum(image_embedding * text_embedding, axis=-1))

@@ -79,3 +79,20 @@ def normal_smoothness(normals, perturbed_normals, weights):
   diff = jnp.sum((normals - perturbed_normals)**2, axis=-1)
   weights = jax.lax.stop_gradient(weights)
   return jnp.sum(weights * diff) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
+def transmittance(acc, target):
+  """Dream Fields' transmittance loss: -min(target, mean over rays of 1 - acc).
+
+  Rewards empty space until the mean transmittance reaches the target, and nothing beyond it,
+  so the scene stays sparse without being pushed to vanish (Jain et al., 2022, Eq. 3; the
+  weight, 0.5 in Dream Fields, is the caller's).
+
+  Args:
+    acc: float32 [R] accumulated opacity.
+    target: float32 scalar target transmittance tau (Dream Fields: 0.5 -> 0.9 over 500 steps).
+
+  Returns:
+    float32 scalar.
+  """
+  return -jnp.minimum(target, jnp.mean(1.0 - acc))

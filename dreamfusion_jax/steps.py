@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dreamfusion_jax import augment
 from dreamfusion_jax import camera
 from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
@@ -116,6 +117,14 @@ class SDSSettings:
     entropy_weight: weight of the opacity entropy penalty (0: the paper's losses only).
     smoothness_weight: weight of the normal smoothness penalty (0: the paper's losses only).
     smoothness_radius: standard deviation of the offset of the perturbed surface points.
+    sds_weight: weight of the SDS loss (0: no diffusion model, e.g. Dream Fields).
+    clip_weight: weight of Dream Fields' CLIP loss (0: none; both > 0 combines them, as
+      Dreamfields-3D offers).
+    clip_augmentations: augmented copies A of each render shown to CLIP.
+    clip_min_scale: smallest random crop, as a share of the render's side.
+    clip_blur_sigma: the random background's blur sigma ~ U(0, this) in pixels.
+    transmittance_weight: weight of Dream Fields' transmittance loss (0: none).
+    transmittance_target: (start, end, num_steps) of the linear target-transmittance schedule.
   """
   batch_size: int
   height: int
@@ -136,6 +145,13 @@ class SDSSettings:
   entropy_weight: float
   smoothness_weight: float
   smoothness_radius: float
+  sds_weight: float = 1.0
+  clip_weight: float = 0.0
+  clip_augmentations: int = 8
+  clip_min_scale: float = 0.8
+  clip_blur_sigma: float = 10.0
+  transmittance_weight: float = 0.0
+  transmittance_target: tuple = (0.5, 0.9, 500)
 
 
 def _schedule(step, spec):
@@ -178,11 +194,16 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   shade = functools.partial(shade_samples, modes=per_ray(modes)[..., None],
                             lights=per_ray(lights), light_color=settings.light_color,
                             ambient=settings.ambient)
-  background = background_model.apply(params['background'], rays.directions)
+  background = render_background(params, rays, background_model)
   field = nerf.field_fn(model, params['nerf'], with_normals=True)
   outputs = render_fn(key, field, rays, background=background, shade=shade,
                       randomized=randomized)
   return outputs[-1].rgb.reshape(b, h, w, 3), outputs[-1], rays
+
+
+def render_background(params, rays, background_model):
+  """The background colour behind each ray, float32 [R, 3]."""
+  return background_model.apply(params['background'], rays.directions)
 
 
 def shade_samples(samples, means, *, modes, lights, light_color, ambient):
@@ -212,17 +233,48 @@ def surface_smoothness(key, params, out, rays, *, model, radius):
   return losses.normal_smoothness(normals[:r], normals[r:], out.acc)
 
 
-def dreamfusion_step(state, diffusion, text, *, model, background_model, optimizer, render_fn,
-                     settings, shard=None):
-  """One DreamFusion step: random cameras and shading, render, SDS + regularisers, Optax.
+def clip_guidance(key, rgb, acc, background, clip_model, clip_text, labels, settings):
+  """Dream Fields' CLIP loss of B renders: random backgrounds and crops, then -cos to the caption.
+
+  Args:
+    key: PRNG key of the augmentations.
+    rgb: float32 [B, H, W, 3] renders composited over `background`.
+    acc: float32 [B, H, W] their opacity.
+    background: float32 [B, H, W, 3] what they were composited over (removed here).
+    clip_model: a frozen clip.Clip.
+    clip_text: float32 [4, D] normalised embeddings of the view-dependent captions.
+    labels: int32 [B] view labels of the cameras.
+    settings: SDSSettings (the clip_* fields).
+
+  Returns:
+    float32 scalar.
+  """
+  foreground = rgb - (1.0 - acc[..., None]) * background
+  images = augment.augment(key, foreground, acc, num=settings.clip_augmentations,
+                           size=clip_model.image_size, min_scale=settings.clip_min_scale,
+                           max_blur_sigma=settings.clip_blur_sigma)
+  text = jnp.repeat(jnp.take(clip_text, labels, axis=0), settings.clip_augmentations, axis=0)
+  return guidance.clip_loss(clip_model, images, text)
+
+
+def dreamfusion_step(state, diffusion, text, clip_model=None, clip_text=None, *, model,
+                     background_model, optimizer, render_fn, settings, shard=None):
+  """One step: random cameras and shading, render, SDS and/or CLIP + regularisers, Optax.
+
+  DreamFusion (settings.sds_weight > 0), Dream Fields (settings.clip_weight > 0, with
+  diffusion None) or both at once with their weights.
 
   A step whose loss or gradient is not finite leaves params and optimiser state unchanged
   (only the step advances, so the next step draws new randomness) and reports skipped = 1.
 
   Args:
     state: TrainState with params {'nerf', 'background'}.
-    diffusion: guidance.Diffusion (frozen; a pytree argument, never donated).
-    text: guidance.TextEmbeddings [4, L, D] of the view-dependent prompts (VIEW_NAMES order).
+    diffusion: guidance.Diffusion (frozen; a pytree argument, never donated), or None when
+      settings.sds_weight is 0.
+    text: guidance.TextEmbeddings [4, L, D] of the view-dependent prompts (VIEW_NAMES order),
+      or None with diffusion.
+    clip_model: a frozen clip.Clip when settings.clip_weight > 0.
+    clip_text: float32 [4, D] its embeddings of the view-dependent prompts.
     model, background_model: the NeRF and background modules.
     optimizer: optax.GradientTransformation.
     render_fn: render.render_rays with its sampling settings bound.
@@ -238,13 +290,15 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
   """
   key = jax.random.fold_in(state.key, state.step)
   key_camera, key_light, key_shading, key_render, key_sds = jax.random.split(key, 5)
+  key_clip = jax.random.fold_in(key, 2)  # Its own stream: the five above match a run without.
   cameras = camera.sample_cameras(key_camera, settings.batch_size, width=settings.width,
                                   **dict(settings.camera_ranges))
   positions = cameras.c2w[:, :3, 3]
   lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, settings.batch_size),
                                           positions)
   modes = sample_shading(key_shading, state.step, settings)
-  emb = text.select(camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg))
+  labels = camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg)
+  emb = text.select(labels) if text is not None else None
   scale = _schedule(state.step, settings.guidance_scale)
   orientation_weight = _schedule(state.step, settings.orientation_weight)
   t_range = (settings.t_range[0], _schedule(state.step, settings.t_max_schedule))
@@ -254,17 +308,30 @@ def dreamfusion_step(state, diffusion, text, *, model, background_model, optimiz
                                   background_model=background_model, render_fn=render_fn,
                                   settings=settings, shard=shard)
     images = rgb if shard is None else shard(rgb)
-    if diffusion.resolution != settings.height:
-      images = guidance.resize_images(rgb, diffusion.resolution)
-    sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range,
-                                  settings.weighting)
     orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
     opacity = losses.opacity(out.acc)
     entropy = losses.opacity_entropy(out.acc)
-    total = (sds + orientation_weight * orient + settings.opacity_weight * opacity
+    total = (orientation_weight * orient + settings.opacity_weight * opacity
              + settings.entropy_weight * entropy)
-    metrics = dict(sds=sds, orientation=orient, opacity=opacity, entropy=entropy,
-                   acc=jnp.mean(out.acc), t=jnp.mean(aux['t']))
+    metrics = dict(orientation=orient, opacity=opacity, entropy=entropy, acc=jnp.mean(out.acc))
+    if settings.sds_weight:
+      if diffusion.resolution != settings.height:
+        images = guidance.resize_images(images, diffusion.resolution)
+      sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range, settings.weighting)
+      total = total + settings.sds_weight * sds
+      metrics.update(sds=sds, t=jnp.mean(aux['t']))
+    if settings.clip_weight:
+      b, h, w = settings.batch_size, settings.height, settings.width
+      background = render_background(params, rays, background_model).reshape(b, h, w, 3)
+      clip = clip_guidance(key_clip, rgb, out.acc.reshape(b, h, w), background, clip_model,
+                           clip_text, labels, settings)
+      total = total + settings.clip_weight * clip
+      metrics['clip'] = clip
+    if settings.transmittance_weight:
+      target = _schedule(state.step, settings.transmittance_target)
+      trans = losses.transmittance(out.acc, target)
+      total = total + settings.transmittance_weight * trans
+      metrics.update(transmittance=trans, transmittance_target=jnp.asarray(target, jnp.float32))
     if settings.smoothness_weight:  # Its own key, so the other draws match a run without it.
       smooth = surface_smoothness(jax.random.fold_in(key_render, 1), params['nerf'], out, rays,
                                   model=model, radius=settings.smoothness_radius)

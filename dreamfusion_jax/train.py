@@ -13,6 +13,7 @@ import time
 import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import tqdm
@@ -20,6 +21,7 @@ from tensorboardX import SummaryWriter
 
 from dreamfusion_jax import camera
 from dreamfusion_jax import checkpoint
+from dreamfusion_jax import clip as clip_lib
 from dreamfusion_jax import export
 from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
@@ -32,7 +34,7 @@ from dreamfusion_jax import shading
 from dreamfusion_jax import steps
 from dreamfusion_jax.data import blender
 
-METHODS = ('nerf', 'dreamfusion')
+METHODS = ('nerf', 'dreamfusion', 'dreamfields')
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,12 @@ def validate_config(config, workdir):
     num_devices(config)
   else:
     _validate_dreamfusion(config)
+
+
+def _require_folder_or_id(value, field, what, example):
+  looks_local = value.startswith(('/', '.', '~')) or value.count('/') != 1
+  _require(not looks_local or pathlib.Path(value).expanduser().is_dir(),
+           f'{field}={value} is not a folder: pass {what} or a hub id like {example}')
 
 
 def _ordered(config, name, low=None, high=None):
@@ -145,11 +153,35 @@ def _validate_dreamfusion(config):
     _require(bool(config.prompt.strip()), 'config.prompt is empty: pass the text to generate, '
              'e.g. --config.prompt="a DSLR photo of a peacock on a surfboard"')
   num_devices(config)
-  _require(bool(config.model), 'config.model is empty: pass a diffusers model folder or hub id')
-  looks_local = config.model.startswith(('/', '.', '~')) or config.model.count('/') != 1
-  _require(not looks_local or pathlib.Path(config.model).expanduser().is_dir(),
-           f'config.model={config.model} is not a folder: pass a diffusers model folder or a '
-           'hub id like stabilityai/stable-diffusion-2-1-base')
+  _require(config.sds_weight >= 0 and config.clip.weight >= 0,
+           f'config.sds_weight={config.sds_weight} and config.clip.weight={config.clip.weight} '
+           'must be >= 0')
+  _require(config.sds_weight > 0 or config.clip.weight > 0,
+           'config.sds_weight and config.clip.weight are both 0: nothing guides the NeRF')
+  _require(config.method != 'dreamfields' or config.clip.weight > 0,
+           'config.method=dreamfields needs config.clip.weight > 0 and a config.clip.model')
+  if config.sds_weight > 0:
+    _require(bool(config.model), 'config.model is empty: pass a diffusers model folder or hub '
+             'id (or set config.sds_weight=0 for CLIP guidance only)')
+    _require_folder_or_id(config.model, 'config.model', 'a diffusers model folder',
+                          'stabilityai/stable-diffusion-2-1-base')
+  if config.clip.weight > 0:
+    _require(bool(config.clip.model), 'config.clip.model is empty: pass a transformers CLIP '
+             'folder or hub id (e.g. openai/clip-vit-base-patch16)')
+    _require_folder_or_id(config.clip.model, 'config.clip.model', 'a transformers CLIP folder',
+                          'openai/clip-vit-base-patch16')
+    _require(config.clip.augmentations >= 1,
+             f'config.clip.augmentations={config.clip.augmentations} must be >= 1')
+    _require(0 < config.clip.min_scale <= 1,
+             f'config.clip.min_scale={config.clip.min_scale} must be in (0, 1]')
+    _require(config.clip.blur_sigma >= 0,
+             f'config.clip.blur_sigma={config.clip.blur_sigma} must be >= 0')
+  _require(config.loss.transmittance_weight >= 0,
+           f'config.loss.transmittance_weight={config.loss.transmittance_weight} must be >= 0')
+  _require(0 <= config.loss.transmittance_start <= 1 and 0 <= config.loss.transmittance_end <= 1
+           and config.loss.transmittance_steps > 0,
+           'config.loss.transmittance_start and _end must be in [0, 1] and '
+           'config.loss.transmittance_steps > 0')
   _require(config.model_dtype in ('float32', 'bfloat16'),
            f'config.model_dtype={config.model_dtype!r}: choose float32 or bfloat16')
   for name in ('checkpoint_every', 'max_to_keep', 'preview_every', 'max_consecutive_skips'):
@@ -188,6 +220,47 @@ def _validate_dreamfusion(config):
   _require(color == () or (len(color) == 3 and all(0 <= c <= 1 for c in color)),
            f'config.background.color={color} must be () (learned background) or 3 values in '
            '[0, 1]')
+  if config.init_from:
+    _init_config(config)
+
+
+def _init_config(config):
+  """The saved config of the run named by config.init_from, checked against this one."""
+  folder = pathlib.Path(config.init_from).expanduser()
+  _require((folder / 'config.json').is_file() and (folder / 'checkpoints').is_dir(),
+           f'config.init_from={config.init_from} is not a run folder (it needs config.json and '
+           'checkpoints/): pass the --workdir of an earlier DreamFusion or Dream Fields run')
+  try:
+    other = ml_collections.ConfigDict(json.loads((folder / 'config.json').read_text()))
+  except ValueError as e:
+    raise ConfigError(f'config.init_from={config.init_from}: its config.json is unreadable '
+                      f'({e})') from e
+  shape = lambda c: {k: v for k, v in run_metadata(c).items()
+                     if k.startswith(('nerf.', 'background.'))}
+  mine, theirs = shape(config), shape(other)
+  differing = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+  _require(not differing, f'config.init_from={config.init_from} has another NeRF: '
+           + ', '.join(f'{k}={theirs.get(k)!r} there, {mine.get(k)!r} here' for k in differing)
+           + '; use the same nerf and background fields')
+  return other
+
+
+def init_params_from(config):
+  """The trained params of the newest readable checkpoint of config.init_from (host arrays)."""
+  other = _init_config(config)
+  model, background_model = make_nerf(other), make_background(other)
+  template = init_dreamfusion_state(other, model, background_model, make_optimizer(other))
+  ckpt = checkpoint.Checkpointer(pathlib.Path(config.init_from).expanduser() / 'checkpoints',
+                                 max_to_keep=None, metadata=run_metadata(other))
+  try:
+    state, step = ckpt.restore_latest(template)
+  except checkpoint.CheckpointError as e:
+    raise ConfigError(f'config.init_from: {e}') from e
+  finally:
+    ckpt.close()
+  _require(state is not None, f'config.init_from={config.init_from} holds no readable checkpoint')
+  _print(f'starting from the NeRF of checkpoint {step} of {config.init_from}')
+  return parallel.to_host(state.params)
 
 
 def _validate_data(data):
@@ -342,7 +415,12 @@ def make_sds_settings(config):
       orientation_weight=(loss.orientation_weight, loss.orientation_weight_end,
                           loss.orientation_anneal_steps),
       opacity_weight=loss.opacity_weight, entropy_weight=loss.entropy_weight,
-      smoothness_weight=loss.smoothness_weight, smoothness_radius=loss.smoothness_radius)
+      smoothness_weight=loss.smoothness_weight, smoothness_radius=loss.smoothness_radius,
+      sds_weight=config.sds_weight, clip_weight=config.clip.weight,
+      clip_augmentations=config.clip.augmentations, clip_min_scale=config.clip.min_scale,
+      clip_blur_sigma=config.clip.blur_sigma, transmittance_weight=loss.transmittance_weight,
+      transmittance_target=(loss.transmittance_start, loss.transmittance_end,
+                            loss.transmittance_steps))
 
 
 def make_dreamfusion_step(config, model, background_model, optimizer, donate=True, mesh=None,
@@ -364,7 +442,7 @@ def make_dreamfusion_step(config, model, background_model, optimizer, donate=Tru
       optimizer=optimizer, render_fn=make_render_fn(config), settings=make_sds_settings(config),
       shard=shard)
   if vmapped:
-    step = jax.vmap(step, in_axes=(0, None, 0))
+    step = jax.vmap(step, in_axes=(0, None, 0, None, 0))
   return jax.jit(step, donate_argnums=0 if donate else ())
 
 
@@ -386,6 +464,15 @@ def init_dreamfusion_state(config, model, background_model, optimizer):
                            opt_state=optimizer.init(params), key=key)
   # Committed to a device like the step's outputs, so the second call does not compile again.
   return jax.device_put(state, jax.local_devices()[0])
+
+
+def initial_state(config, model, background_model, optimizer):
+  """The state a run starts from: fresh, or with config.init_from's trained params."""
+  state = init_dreamfusion_state(config, model, background_model, optimizer)
+  if not config.get('init_from'):
+    return state
+  params = jax.device_put(init_params_from(config), jax.local_devices()[0])
+  return state.replace(params=params, opt_state=optimizer.init(params))
 
 
 def load_diffusion(config):
@@ -530,11 +617,29 @@ def _writer(folder):
   return SummaryWriter(str(folder)) if parallel.is_primary() else _NullWriter()
 
 
-def _encode_prompt(diffusion, config, prompt, where='config.prompt'):
+def load_guidance(config):
+  """(guidance.Diffusion or None, clip.Clip or None): the frozen models the weights ask for."""
+  diffusion = load_diffusion(config) if config.sds_weight > 0 else None
+  clip_model = None
+  if config.clip.weight > 0:
+    try:
+      clip_model = clip_lib.Clip.from_pretrained(config.clip.model, from_pt=config.clip.from_pt,
+                                                 allow_pickle=config.allow_pickle)
+    except (models.ModelError, OSError, ValueError) as e:
+      raise ConfigError(f'config.clip.model: {" ".join(str(e).split())}') from e
+  return diffusion, clip_model
+
+
+def _encode_prompt(guides, config, prompt, where='config.prompt'):
+  """(diffusion text embeddings or None, CLIP view-prompt embeddings [4, D] or None)."""
+  diffusion, clip_model = guides
   try:
-    return diffusion.encode_views(prompt, config.negative_prompt)
+    text = None if diffusion is None else diffusion.encode_views(prompt, config.negative_prompt)
+    clip_text = None if clip_model is None else clip_model.embed_text(
+        guidance.view_prompts(prompt))
   except ValueError as e:
     raise ConfigError(f'{where}: {e}') from e
+  return text, clip_text
 
 
 def fit_dreamfusion(config, workdir):
@@ -542,19 +647,19 @@ def fit_dreamfusion(config, workdir):
   if many_prompts(config):
     return fit_many_prompts(config, workdir)
   start = time.time()
-  diffusion = load_diffusion(config)
-  text = _encode_prompt(diffusion, config, config.prompt)
+  guides = load_guidance(config)
+  texts = _encode_prompt(guides, config, config.prompt)
   mesh = parallel.make_mesh(num_devices(config))
   model, background_model = make_nerf(config), make_background(config)
   optimizer = make_optimizer(config)
   # Replicated over the mesh; the restore template's sharding is where the checkpoint lands.
-  state = parallel.replicate(init_dreamfusion_state(config, model, background_model, optimizer),
-                             mesh)
+  state = parallel.replicate(initial_state(config, model, background_model, optimizer), mesh)
   ckpt, restored, restored_step = open_checkpoints(config, workdir, state)
   if restored is not None:
     state = restored
     _print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
-  diffusion, text = parallel.replicate((diffusion, text), mesh)
+  guides, texts = parallel.replicate((guides, texts), mesh)
+  (diffusion, clip_model), (text, clip_text) = guides, texts
   _print(f'{config.batch_size} views per step over {mesh.size} of {jax.device_count()} devices '
          f'({jax.process_count()} processes)')
   step_fn = make_dreamfusion_step(config, model, background_model, optimizer, mesh=mesh)
@@ -566,8 +671,9 @@ def fit_dreamfusion(config, workdir):
     if parallel.is_primary():
       _log_previews(writer, renderer, params, int(state.step), config)
 
-  state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,
-                      preview)
+  state = _train_loop(config, state,
+                      lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
+                      writer, preview)
   ckpt.close()
   writer.close()
   if state is None:
@@ -674,16 +780,15 @@ def fit_many_prompts(config, workdir):
   """
   start = time.time()
   prompts = prompt_list(config)
-  diffusion = load_diffusion(config)
-  texts = [_encode_prompt(diffusion, config, p, f'prompt {i} ({p!r})')
+  guides = load_guidance(config)
+  texts = [_encode_prompt(guides, config, p, f'prompt {i} ({p!r})')
            for i, p in enumerate(prompts)]
   mesh = parallel.make_mesh(num_devices(config))
   padded = len(prompts) + (-len(prompts)) % mesh.size  # Copies of the last prompt fill the mesh.
   texts = texts + [texts[-1]] * (padded - len(prompts))
   model, background_model = make_nerf(config), make_background(config)
   optimizer = make_optimizer(config)
-  template = parallel.replicate(init_dreamfusion_state(config, model, background_model,
-                                                       optimizer), mesh)
+  template = parallel.replicate(initial_state(config, model, background_model, optimizer), mesh)
   dirs = prompt_dirs(workdir, prompts)
   checkpointers = []
   for folder, prompt in zip(dirs, prompts):
@@ -710,8 +815,9 @@ def fit_many_prompts(config, workdir):
   state = stack(*states)
   take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s),
                  out_shardings=parallel.replicated(mesh))
-  text = parallel.shard_leading(jax.tree.map(lambda *xs: np.stack(xs), *texts), mesh)
-  diffusion = parallel.replicate(diffusion, mesh)
+  text, clip_text = parallel.shard_leading(
+      jax.tree.map(lambda *xs: np.stack(xs), *texts), mesh)
+  diffusion, clip_model = parallel.replicate(guides, mesh)
   _print(f'{len(prompts)} prompts ({padded} with padding) over {mesh.size} of '
          f'{jax.device_count()} devices ({jax.process_count()} processes)')
   step_fn = make_dreamfusion_step(config, model, background_model, optimizer, mesh=mesh,
@@ -727,8 +833,9 @@ def fit_many_prompts(config, workdir):
       if parallel.is_primary():
         _log_previews(w, renderer, params, int(state.step[0]), config)
 
-  state = _train_loop(config, state, lambda s: step_fn(s, diffusion, text), ckpt, writer,
-                      preview)
+  state = _train_loop(config, state,
+                      lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
+                      writer, preview)
   ckpt.close()
   writer.close()
   if state is None:
@@ -791,7 +898,11 @@ def _train_loop(config, state, step_fn, ckpt, writer, preview_fn):
         metrics.update(skipped_total=skipped,
                        steps_per_second=config.log_every / max(time.time() - tick, 1e-9))
         tick = time.time()
-        bar.set_postfix(loss=f'{np.mean(metrics["loss"]):.4g}', t=f'{np.mean(metrics["t"]):.2f}')
+        postfix = {'loss': f'{np.mean(metrics["loss"]):.4g}'}
+        for name in ('t', 'clip'):
+          if name in metrics:
+            postfix[name] = f'{np.mean(metrics[name]):.3f}'
+        bar.set_postfix(**postfix)
         for name, value in metrics.items():
           writer.add_scalar(f'train/{name}', value if np.ndim(value) else float(value), step)
       if step % config.preview_every == 0 and preview_fn is not None:
@@ -831,6 +942,6 @@ def train_and_evaluate(config, workdir):
   if parallel.is_primary():
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     (workdir / 'command.txt').write_text(' '.join(sys.argv) + '\n')
-  if config.method == 'dreamfusion':
+  if config.method in ('dreamfusion', 'dreamfields'):
     return fit_dreamfusion(config, workdir)
   return fit_nerf(config, workdir)

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -388,3 +389,65 @@ def test_real_run_through_the_entry_points(tmp_path, tiny_clip):
   assert 0.0 <= results['iou'] <= 1.0 and results['color'] in world.COLORS
   missing = run(['dreamfusion_jax.eval', '--workdir', str(tmp_path / 'missing')], cache)
   assert missing.returncode == 2 and 'error: --workdir' in missing.stderr, missing.stderr
+
+
+def test_coco_captions_are_the_153_of_the_benchmark():
+  captions = eval_lib.coco_captions()
+  assert len(captions) == len(set(captions)) == 153
+  assert captions[0] == 'a blue bicycle parked by a metal gate.'
+  assert captions[-1] == 'a worn toothbrush sits on a windowsill near the screen.'
+  assert 'a blue jug in a garden filled with mud.' in captions  # Trailing spaces stripped.
+  assert all(c == eval_lib.normalize_caption(c) for c in captions)
+  assert eval_lib.normalize_caption(' A Red Cube. ') == 'a red cube.'
+
+
+def test_main_retrieves_among_the_coco_captions(run_dir, clip_loader):
+  argv = ['--workdir', str(run_dir), '--clip', str(clip_loader), '--num_views', '2', '--size',
+          '16', '--captions', 'coco', '--prompt', 'A blue bicycle parked by a metal gate']
+  assert eval_lib.main(argv) == 0
+  results = json.loads((run_dir / 'eval.json').read_text())
+  check_common(results, num_views=2, num_captions=153)  # The prompt is one of them.
+  assert results['prompt'] == 'a blue bicycle parked by a metal gate.'
+
+
+def test_many_prompt_run_is_scored_per_prompt_with_a_table(run_dir, clip_loader, tmp_path,
+                                                           capsys):
+  prompts = ('a red cube', 'a blue sphere')
+  workdir = tmp_path / 'many'
+  for folder, prompt in zip(train.prompt_dirs(workdir, prompts), prompts):
+    shutil.copytree(run_dir / 'checkpoints', folder / 'checkpoints')
+    config = json.loads((run_dir / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, prompt=prompt)))
+  argv = ['--workdir', str(workdir), '--clip', str(clip_loader), '--num_views', '2',
+          '--size', '16']
+  assert eval_lib.main(argv) == 0
+  scores = json.loads((workdir / 'eval.json').read_text())
+  assert [row['prompt'] for row in scores['prompts']] == list(prompts)
+  per_prompt = [json.loads((f / 'eval.json').read_text())
+                for f in train.prompt_dirs(workdir, prompts)]
+  for row, result in zip(scores['prompts'], per_prompt):
+    assert row['r_precision'] == result['r_precision']
+    assert row['ranks'] == [v['rank'] for v in result['views']]
+  assert scores['r_precision'] == pytest.approx(np.mean([r['r_precision'] for r in per_prompt]))
+  assert scores['iou'] == pytest.approx(np.mean([r['iou'] for r in per_prompt]))
+  assert 'mean R-precision' in capsys.readouterr().out
+  line = error_line(eval_lib.main(argv + ['--prompt', 'a cat']), capsys)
+  assert 'holds 2 prompts' in line and 'drop --prompt' in line
+
+
+def test_table_of_exact_and_shuffled_matches():
+  """R-precision over runs: 1 when every view retrieves its caption, chance when shuffled."""
+  rng = np.random.default_rng(0)
+  captions = 20
+  embeddings = np.eye(captions, dtype=np.float32)
+  def result(i, image_index):
+    ranks = clip.retrieval_ranks(embeddings[image_index], embeddings,
+                                 np.full(len(image_index), i))
+    views = [{'rank': int(r), 'rank_geometry': int(r)} for r in ranks]
+    r = float(clip.r_precision(ranks))
+    return {'prompt': f'caption {i}', 'r_precision': r, 'r_precision_geometry': r,
+            'iou': None, 'color_correct': None, 'views': views}
+  exact = eval_lib.table([result(i, np.full(8, i)) for i in range(captions)])
+  assert exact['r_precision'] == 1.0 and exact['iou'] is None
+  shuffled = eval_lib.table([result(i, rng.integers(0, captions, 8)) for i in range(captions)])
+  assert abs(shuffled['r_precision'] - 1 / captions) < 0.05
