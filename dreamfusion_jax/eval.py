@@ -3,6 +3,11 @@
   python -m dreamfusion_jax.eval --workdir W [--prompt P] [--clip PATH_OR_ID] \
       [--captions FILE] [--num_views 8] [--size 64]
 
+W is a DreamFusion or Dream Fields run folder, or the folder of a many-prompt run (its
+prompts/*/ are each evaluated, and W/eval.json gets the table over them: `prompts`, one row of
+ranks per prompt, and the means `r_precision`, `r_precision_geometry`, `iou`, `color_accuracy`).
+`--captions coco` retrieves among the 153 COCO captions of the Dream Fields benchmark.
+
 The newest checkpoint of the run in W (rebuilt from W/config.json) is rendered from fixed
 evaluation cameras, the same for every run: `num_views` cameras on a circle at elevation 30 deg,
 azimuths 0, 360 / num_views, ... deg (azimuth 0 is the front, `camera`'s convention), distance
