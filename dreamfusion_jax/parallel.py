@@ -135,6 +135,13 @@ def is_primary():
   return jax.process_index() == 0
 
 
+def any_process(flag):
+  """Whether `flag` (a bool of this process) is true on any process (collective on several)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def sync(name):
   """Waits until every process reaches the barrier `name` (no-op on one host)."""
   if jax.process_count() > 1:

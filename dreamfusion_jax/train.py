@@ -112,8 +112,10 @@ def prompt_list(config):
   """
   if config.prompts:
     prompts = [str(p) for p in config.prompts]
-    source = 'config.prompts'
-  elif config.prompts_file:
+    for i, p in enumerate(prompts):
+      _require(bool(p.strip()), f'config.prompts[{i}] is empty: every prompt needs text')
+    return prompts
+  if config.prompts_file:
     path = pathlib.Path(config.prompts_file).expanduser()
     _require(path.is_file(), f'config.prompts_file={config.prompts_file} is not a file: pass a '
              'text file with one prompt per line')
@@ -122,11 +124,7 @@ def prompt_list(config):
     _require(bool(prompts), f'config.prompts_file={config.prompts_file} holds no prompt (one per '
              'line; lines starting with # are comments)')
     return prompts
-  else:
-    return [config.prompt]
-  for i, p in enumerate(prompts):
-    _require(bool(p.strip()), f'{source}[{i}] is empty: every prompt needs text')
-  return prompts
+  return [config.prompt]
 
 
 def many_prompts(config):
@@ -466,9 +464,14 @@ def init_dreamfusion_state(config, model, background_model, optimizer):
   return jax.device_put(state, jax.local_devices()[0])
 
 
-def initial_state(config, model, background_model, optimizer):
-  """The state a run starts from: fresh, or with config.init_from's trained params."""
-  state = init_dreamfusion_state(config, model, background_model, optimizer)
+def initial_state(config, state, optimizer):
+  """The state a fresh run starts from: `state`, or config.init_from's params in it.
+
+  Args:
+    config: the run's config.
+    state: a fresh TrainState (init_dreamfusion_state).
+    optimizer: the run's optimizer (its state starts afresh).
+  """
   if not config.get('init_from'):
     return state
   params = jax.device_put(init_params_from(config), jax.local_devices()[0])
@@ -652,12 +655,15 @@ def fit_dreamfusion(config, workdir):
   mesh = parallel.make_mesh(num_devices(config))
   model, background_model = make_nerf(config), make_background(config)
   optimizer = make_optimizer(config)
+  fresh = init_dreamfusion_state(config, model, background_model, optimizer)
   # Replicated over the mesh; the restore template's sharding is where the checkpoint lands.
-  state = parallel.replicate(initial_state(config, model, background_model, optimizer), mesh)
-  ckpt, restored, restored_step = open_checkpoints(config, workdir, state)
+  ckpt, restored, restored_step = open_checkpoints(config, workdir,
+                                                   parallel.replicate(fresh, mesh))
   if restored is not None:
     state = restored
     _print(f'resumed from checkpoint {restored_step} in {workdir / "checkpoints"}')
+  else:  # Only a fresh run reads config.init_from; a resumed one has its own checkpoint.
+    state = parallel.replicate(initial_state(config, fresh, optimizer), mesh)
   guides, texts = parallel.replicate((guides, texts), mesh)
   (diffusion, clip_model), (text, clip_text) = guides, texts
   _print(f'{config.batch_size} views per step over {mesh.size} of {jax.device_count()} devices '
@@ -671,11 +677,9 @@ def fit_dreamfusion(config, workdir):
     if parallel.is_primary():
       _log_previews(writer, renderer, params, int(state.step), config)
 
-  state = _train_loop(config, state,
-                      lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
-                      writer, preview)
-  ckpt.close()
-  writer.close()
+  state = _train_and_close(config, state,
+                           lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
+                           writer, preview)
   if state is None:
     return None  # Preempted: the checkpoint is written, the job can be restarted.
   train_seconds = time.time() - start
@@ -788,7 +792,8 @@ def fit_many_prompts(config, workdir):
   texts = texts + [texts[-1]] * (padded - len(prompts))
   model, background_model = make_nerf(config), make_background(config)
   optimizer = make_optimizer(config)
-  template = parallel.replicate(initial_state(config, model, background_model, optimizer), mesh)
+  fresh = init_dreamfusion_state(config, model, background_model, optimizer)
+  template = parallel.replicate(fresh, mesh)
   dirs = prompt_dirs(workdir, prompts)
   checkpointers = []
   for folder, prompt in zip(dirs, prompts):
@@ -806,7 +811,7 @@ def fit_many_prompts(config, workdir):
       c.close()
     raise ConfigError(str(e)) from e
   if states is None:
-    states, restored_step = [template] * len(prompts), None
+    states = [parallel.replicate(initial_state(config, fresh, optimizer), mesh)] * len(prompts)
   else:
     _print(f'resumed {len(prompts)} prompts from checkpoint {restored_step}')
   states = states + [states[-1]] * (padded - len(prompts))
@@ -833,11 +838,9 @@ def fit_many_prompts(config, workdir):
       if parallel.is_primary():
         _log_previews(w, renderer, params, int(state.step[0]), config)
 
-  state = _train_loop(config, state,
-                      lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
-                      writer, preview)
-  ckpt.close()
-  writer.close()
+  state = _train_and_close(config, state,
+                           lambda s: step_fn(s, diffusion, text, clip_model, clip_text), ckpt,
+                           writer, preview)
   if state is None:
     return None
   train_seconds = time.time() - start
@@ -857,12 +860,12 @@ def fit_many_prompts(config, workdir):
   return summary
 
 
-def _stop_requested(guard):
-  """Whether any process received a stop signal (all then stop at the same step)."""
-  if jax.process_count() == 1:
-    return guard.requested
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(guard.requested))))
+def _train_and_close(config, state, step_fn, ckpt, writer, preview_fn):
+  """_train_loop, then closes the checkpointer(s) and writer(s); None if preempted."""
+  state = _train_loop(config, state, step_fn, ckpt, writer, preview_fn)
+  ckpt.close()
+  writer.close()
+  return state
 
 
 def _train_loop(config, state, step_fn, ckpt, writer, preview_fn):
@@ -910,7 +913,7 @@ def _train_loop(config, state, step_fn, ckpt, writer, preview_fn):
       saved = step % config.checkpoint_every == 0 or step == config.num_steps
       if saved:
         ckpt.save(step, state)
-      if _stop_requested(guard):
+      if parallel.any_process(guard.requested):  # All processes stop at the same step.
         if not saved:
           ckpt.save(step, state, force=True)
         ckpt.wait()
@@ -919,7 +922,7 @@ def _train_loop(config, state, step_fn, ckpt, writer, preview_fn):
         return None
     ckpt.wait()  # Guarded too: a signal now must not cut the last checkpoint's commit short.
     bar.close()
-    if _stop_requested(guard):
+    if parallel.any_process(guard.requested):
       print(f'preempted ({guard.signal_name or "a signal to another process"}) after the last step: checkpoint {step} '
             'is complete; run the same command to export', file=sys.stderr)
       return None

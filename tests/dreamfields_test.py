@@ -84,7 +84,9 @@ def test_start_from_an_earlier_runs_nerf(tiny_model, jax_cache, tmp_path):
   config = ml_collections.ConfigDict(config)
   config.init_from = str(first)
   net, bg = train.make_nerf(config), train.make_background(config)
-  start = train.initial_state(config, net, bg, train.make_optimizer(config))
+  optimizer = train.make_optimizer(config)
+  start = train.initial_state(config, train.init_dreamfusion_state(config, net, bg, optimizer),
+                              optimizer)
   assert int(start.step) == 0
   for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(trained.params)):
     np.testing.assert_array_equal(a, b)
