@@ -19,14 +19,14 @@ import sys
 if '--real_devices' not in sys.argv:  # Before JAX starts: 8 CPU devices unless told otherwise.
   os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
-import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
+sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'tests')]
 
+import common  # pylint: disable=wrong-import-position
 from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-import-position
 from configs import toy as toy_config  # pylint: disable=wrong-import-position
 from dreamfusion_jax import parallel  # pylint: disable=wrong-import-position
@@ -36,15 +36,8 @@ import tiny_models  # pylint: disable=wrong-import-position
 
 def time_step(step, state, args, num_steps):
   """(compile seconds, steps per second) of a jitted step."""
-  start = time.perf_counter()
-  state, _ = step(state, *args)
-  jax.block_until_ready(state)
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = step(state, *args)
-  jax.block_until_ready((state, metrics))
-  return compile_s, num_steps / (time.perf_counter() - start)
+  first, per_step = common.time_steps(step, state, args, num_steps)
+  return first, 1.0 / per_step
 
 
 def one_asset(config, diffusion, text, n, num_steps):

@@ -1,83 +1,63 @@
-"""Steps per second of DreamFusion's jitted train step (paper config), compile timed separately.
+"""Steps per second of DreamFusion's jitted train step, first-call compile timed separately.
 
-  python benchmarks/step.py                      # tiny random latent model (CPU-sized)
-  python benchmarks/step.py --sd21               # SD-2.1-base-shaped UNet + VAE, random weights
-  python benchmarks/step.py --sd21 --batch_size 1 --steps 100
+  python benchmarks/step.py                                  # CPU-sized paper step, tiny latent
+  python benchmarks/step.py --model sd21 --full --dtype bfloat16   # paper config, SD-2.1 shapes
+  python benchmarks/step.py --config toy --model toy         # configs/toy.py as shipped
+  python benchmarks/step.py --config pixel --model tiny-pixel
 
-The paper config (configs/dreamfusion.py: 64x64 renders resized to 512, 64+64 samples, batch 4,
-bf16 UNet and VAE, float32 NeRF) with random weights of the real shapes: the same FLOPs as Stable
-Diffusion 2.1-base, no download.
+`--full` keeps the config as shipped (configs/dreamfusion.py: 64x64 renders resized to the model's
+resolution, 64+64 samples, 4 views, the 128 x 5 MLP); without it the paper step is shrunk to
+common.CPU_SIZE. The model is random weights with the named shapes (sd21: the FLOPs of Stable
+Diffusion 2.1-base) or the shipped toy prior. Also printed: XLA's planned memory of the step
+and, on an accelerator, the device's peak memory in use.
 """
 
-import argparse
-import pathlib
-import sys
-import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'tests')]
-
-from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-import-position
-from dreamfusion_jax import guidance  # pylint: disable=wrong-import-position
-from dreamfusion_jax import train  # pylint: disable=wrong-import-position
-import sds_grad  # pylint: disable=wrong-import-position
-import tiny_models  # pylint: disable=wrong-import-position
+import common
+from dreamfusion_jax import train
 
 
-def time_steps(config, diffusion, width, tokens, num_steps):
-  """(compile seconds, steps per second) of the jitted DreamFusion step."""
-  rng = np.random.default_rng(0)
-  text = guidance.TextEmbeddings(
-      cond=jnp.asarray(rng.standard_normal((4, tokens, width)), diffusion.dtype),
-      uncond=jnp.asarray(rng.standard_normal((4, tokens, width)), diffusion.dtype))
+def measure_step(config, diffusion, text, num_steps, donate=True):
+  """dict(compile_s, steps_per_s, planned_gib, peak_gib) of the jitted DreamFusion step."""
   net, bg = train.make_nerf(config), train.make_background(config)
   optimizer = train.make_optimizer(config)
   state = train.init_dreamfusion_state(config, net, bg, optimizer)
-  step = train.make_dreamfusion_step(config, net, bg, optimizer)
+  step = train.make_dreamfusion_step(config, net, bg, optimizer, donate=donate)
   start = time.perf_counter()
-  state, metrics = step(state, diffusion, text)
-  jax.block_until_ready(state)
+  executable = common.compiled(step, (state, diffusion, text))
   compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = step(state, diffusion, text)
-  jax.block_until_ready((state, metrics))
-  rate = num_steps / (time.perf_counter() - start)
-  assert np.isfinite(float(metrics['loss']))
-  return compile_s, rate
+  _, per_step = common.time_steps(step, state, (diffusion, text), num_steps)
+  # The jit cache must have served every call: a recompile would show here.
+  assert step._cache_size() == 1, step._cache_size()  # pylint: disable=protected-access
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return dict(compile_s=compile_s, steps_per_s=1.0 / per_step,
+              planned_gib=common.planned_bytes(executable) / 2**30,
+              peak_gib=stats.get('peak_bytes_in_use', float('nan')) / 2**30)
+
+
+def row(name, config, diffusion, dtype, result):
+  return (f'| {name} | {dtype} | {config.batch_size} | {config.render.height} px -> '
+          f'{diffusion.resolution} px | {tuple(config.render.num_samples)} | '
+          f'{config.nerf.width} x {config.nerf.num_blocks} | {result["compile_s"]:.1f} | '
+          f'{result["steps_per_s"]:.2f} | {result["planned_gib"]:.2f} | '
+          f'{result["peak_gib"]:.2f} |')
+
+
+HEADER = ('| model | dtype | views/step | render | samples | MLP | compile s | steps/s | '
+          'planned GiB | peak GiB |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--sd21', action='store_true', help='SD-2.1-base-shaped model')
-  parser.add_argument('--batch_size', type=int, default=None, help='views per step (paper: 4)')
-  parser.add_argument('--steps', type=int, default=20)
-  parser.add_argument('--dtype', default='bfloat16', choices=['float32', 'bfloat16'])
-  args = parser.parse_args()
-  tiny_models.quiet()
-  config = dreamfusion_config.get_config()
-  if args.batch_size:
-    config.batch_size = args.batch_size
-  print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()})')
-  with tempfile.TemporaryDirectory() as tmp:
-    if args.sd21:
-      diffusion, width, tokens = sds_grad.sd21_diffusion(jnp.dtype(args.dtype))
-      name = 'SD-2.1-base shape'
-    else:
-      tiny_models.save_flax_model(tmp, pixel=False)
-      diffusion = guidance.Diffusion.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
-      width, tokens, name = tiny_models.TEXT_WIDTH, tiny_models.TOKEN_LENGTH, 'tiny latent'
-    compile_s, rate = time_steps(config, diffusion, width, tokens, args.steps)
-  print('| model | dtype | views/step | render | samples | compile s | steps/s |')
-  print('| --- | --- | --- | --- | --- | --- | --- |')
-  print(f'| {name} | {args.dtype} | {config.batch_size} | {config.render.height}px -> '
-        f'{diffusion.resolution}px | {tuple(config.render.num_samples)} | {compile_s:.1f} | '
-        f'{rate:.2f} |')
+  args, config, diffusion, text = common.parse(__doc__, [
+      ('--steps', dict(type=int, default=10)),
+      ('--no_donate', dict(action='store_true', help='do not donate the state'))])
+  print(f'device: {common.device_name()}')
+  result = measure_step(config, diffusion, text, args.steps, donate=not args.no_donate)
+  print(HEADER)
+  print(row(args.model, config, diffusion, args.dtype, result))
 
 
 if __name__ == '__main__':

@@ -74,6 +74,10 @@ def get_config():
   # network.
   config.render.num_samples = (64, 64)
   config.render.chunk_size = 4096
+  # Training renders in this many chunks, each recomputed in the backward pass instead of keeping
+  # its NeRF activations (0 = all at once): the same step for less memory and one more NeRF
+  # forward; e.g. 16 for 4 views on a 16 GB GPU (benchmarks/memory.py). Must divide B H W.
+  config.render.remat_chunks = 0
 
   config.camera = ml_collections.ConfigDict()
   config.camera.elevation_range_deg = (-10.0, 90.0)  # [likely]

@@ -125,6 +125,8 @@ class SDSSettings:
     clip_blur_sigma: the random background's blur sigma ~ U(0, this) in pixels.
     transmittance_weight: weight of Dream Fields' transmittance loss (0: none).
     transmittance_target: (start, end, num_steps) of the linear target-transmittance schedule.
+    remat_chunks: 0 or 1 renders all rays at once; N > 1 renders them in N chunks recomputed in
+      the backward pass (remat_chunks), for memory of about one chunk's NeRF activations.
   """
   batch_size: int
   height: int
@@ -152,6 +154,7 @@ class SDSSettings:
   clip_blur_sigma: float = 10.0
   transmittance_weight: float = 0.0
   transmittance_target: tuple = (0.5, 0.9, 500)
+  remat_chunks: int = 0
 
 
 def _schedule(step, spec):
@@ -190,15 +193,49 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   rays = camera.generate_rays(cameras.c2w, cameras.focal, h, w).reshape(-1)
   if shard is not None:
     rays = jax.tree.map(shard, rays)
-  per_ray = lambda x: jnp.repeat(x, h * w, axis=0)[:, None]  # [R, 1, ...] for every sample.
-  shade = functools.partial(shade_samples, modes=per_ray(modes)[..., None],
-                            lights=per_ray(lights), light_color=settings.light_color,
-                            ambient=settings.ambient)
   background = render_background(params, rays, background_model)
   field = nerf.field_fn(model, params['nerf'], with_normals=True)
-  outputs = render_fn(key, field, rays, background=background, shade=shade,
-                      randomized=randomized)
-  return outputs[-1].rgb.reshape(b, h, w, 3), outputs[-1], rays
+  per_ray = lambda x: jnp.repeat(x, h * w, axis=0)  # [R, ...]: each view's value per ray.
+
+  def render_chunk(key, rays, background, modes, lights):
+    shade = functools.partial(shade_samples, modes=modes[:, None, None], lights=lights[:, None],
+                              light_color=settings.light_color, ambient=settings.ambient)
+    return render_fn(key, field, rays, background=background, shade=shade,
+                     randomized=randomized)[-1]
+
+  inputs = (rays, background, per_ray(modes), per_ray(lights))
+  if settings.remat_chunks > 1:
+    out = remat_chunks(render_chunk, key, inputs, settings.remat_chunks)
+  else:
+    out = render_chunk(key, *inputs)
+  return out.rgb.reshape(b, h, w, 3), out, rays
+
+
+def remat_chunks(fn, key, inputs, num_chunks):
+  """fn(key, *inputs) over the rays in interleaved chunks, each recomputed in the backward pass.
+
+  A lax.scan over jax.checkpoint(fn) keeps one chunk's activations at a time instead of all of
+  them (the NeRF's activations dominate the step's memory), for one more forward pass. Chunk c
+  holds rays c, c + num_chunks, ..., so a ray batch split over devices stays split in every chunk.
+
+  Args:
+    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
+    key: PRNG key, split into one per chunk.
+    inputs: tuple of pytrees with leading size R (divisible by num_chunks).
+    num_chunks: int.
+
+  Returns:
+    fn's pytree with leading size R, rows in the order of the inputs.
+  """
+  count = jax.tree.leaves(inputs)[0].shape[0]
+  if count % num_chunks:
+    raise ValueError(f'{count} rays do not split into {num_chunks} chunks')
+  split = lambda x: x.reshape(count // num_chunks, num_chunks, *x.shape[1:]).swapaxes(0, 1)
+  merge = lambda y: y.swapaxes(0, 1).reshape(count, *y.shape[2:])
+  body = jax.checkpoint(lambda k, xs: fn(k, *xs))
+  _, outputs = jax.lax.scan(lambda carry, x: (carry, body(*x)), None,
+                            (jax.random.split(key, num_chunks), jax.tree.map(split, inputs)))
+  return jax.tree.map(merge, outputs)
 
 
 def render_background(params, rays, background_model):

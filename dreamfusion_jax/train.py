@@ -144,6 +144,11 @@ def num_devices(config):
     raise ConfigError(str(e)) from e
 
 
+def _divisor_near(count, target):
+  """The divisor of count nearest to target (for error messages)."""
+  return min((d for d in range(1, count + 1) if count % d == 0), key=lambda d: abs(d - target))
+
+
 def _validate_dreamfusion(config):
   if many_prompts(config):
     prompt_list(config)
@@ -197,6 +202,11 @@ def _validate_dreamfusion(config):
            f'unknown: choose one of {", ".join(guidance.WEIGHTINGS)}')
   _require(config.render.height > 0 and config.render.width > 0,
            'config.render.height and width must be > 0')
+  chunks = config.render.remat_chunks
+  rays = config.batch_size * config.render.height * config.render.width
+  _require(chunks >= 0 and (chunks <= 1 or rays % chunks == 0),
+           f'config.render.remat_chunks={chunks} must be 0 (off) or divide the {rays} rays of a '
+           f'step (batch_size x height x width), e.g. {_divisor_near(rays, 16)}')
   _ordered(config, 'camera.elevation_range_deg', -90.0, 90.0)
   _ordered(config, 'camera.azimuth_range_deg')
   _ordered(config, 'camera.distance_range', 0.0)
@@ -418,7 +428,8 @@ def make_sds_settings(config):
       clip_augmentations=config.clip.augmentations, clip_min_scale=config.clip.min_scale,
       clip_blur_sigma=config.clip.blur_sigma, transmittance_weight=loss.transmittance_weight,
       transmittance_target=(loss.transmittance_start, loss.transmittance_end,
-                            loss.transmittance_steps))
+                            loss.transmittance_steps),
+      remat_chunks=config.render.get('remat_chunks', 0))  # Absent from older run folders.
 
 
 def make_dreamfusion_step(config, model, background_model, optimizer, donate=True, mesh=None,

@@ -102,7 +102,7 @@ def test_toy_notebook_runs_end_to_end(kernel, tmp_path):
   run_toy_notebook(kernel, tmp_path, num_steps=3, extra_flags=SMALL_RUN, eval_flags=SMALL_EVAL)
 
 
-@pytest.mark.slow
+@pytest.mark.full  # Not in CI (its time budget): python -m pytest -m full tests.
 def test_toy_notebook_runs_end_to_end_40_steps(kernel, tmp_path):
   """40 steps of the toy config as shipped, a 12-frame 64 px video, a 64^3 mesh, 8 eval views."""
   run_toy_notebook(kernel, tmp_path, num_steps=40, extra_flags=[

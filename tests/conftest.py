@@ -1,9 +1,24 @@
-"""Shared fixtures: small generated Blender scenes."""
+"""Shared fixtures (small generated Blender scenes) and one compilation cache for the session.
 
-import numpy as np
-import pytest
+Tests compile the same XLA programs many times (each run of the main job in a subprocess, each
+rebuilt step): a persistent compilation cache shared by this process and every subprocess it
+starts (they inherit JAX_COMPILATION_CACHE_DIR) compiles each program once per session.
+"""
 
-from dreamfusion_jax.data import synthetic
+import atexit
+import os
+import shutil
+import tempfile
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # Before JAX is imported.
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='dreamfusion_jax_tests_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
+
+from dreamfusion_jax.data import synthetic  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope='session')

@@ -45,6 +45,7 @@ def test_clip_guidance_alone_trains_the_nerf(tiny_model, toy_clip):
   assert all(changed_leaves(new.params['nerf'], state.params['nerf']))
 
 
+@pytest.mark.slow  # Two step compiles with the toy CLIP: about a minute.
 def test_clip_and_sds_combine_with_their_weights(tiny_model, toy_clip):
   step, state, diffusion, text, clip_text = clip_setup(tiny_model, toy_clip)
   _, plain = step(state, diffusion, text, toy_clip, clip_text)
@@ -57,6 +58,7 @@ def test_clip_and_sds_combine_with_their_weights(tiny_model, toy_clip):
                                               rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow  # Two step compiles (losses_test checks the formula alone).
 def test_transmittance_loss_and_its_target_schedule(tiny_model):
   step, state, diffusion, text = make_step_setup(tiny_model)
   _, plain = step(state, diffusion, text)

@@ -38,3 +38,12 @@ def test_normal_smoothness_values_and_weights():
   # The gradient flows into the normals, never into the weights.
   grad_n, grad_w = jax.grad(losses.normal_smoothness, argnums=(0, 2))(up, side, jnp.ones(1))
   assert float(jnp.sum(jnp.abs(grad_n))) > 0 and float(jnp.sum(jnp.abs(grad_w))) == 0
+
+
+def test_transmittance_is_minus_the_clipped_mean_transmittance():
+  acc = jnp.array([1.0, 0.5, 0.0, 0.25])  # Mean transmittance (0 + 0.5 + 1 + 0.75) / 4 = 0.5625.
+  assert float(losses.transmittance(acc, 0.9)) == pytest.approx(-0.5625)
+  assert float(losses.transmittance(acc, 0.5)) == pytest.approx(-0.5)  # Capped at the target.
+  grad_below = jax.grad(losses.transmittance)(acc, 0.9)
+  np.testing.assert_allclose(grad_below, np.full(4, 0.25))  # d/d acc of -mean(1 - acc).
+  np.testing.assert_array_equal(jax.grad(losses.transmittance)(acc, 0.5), np.zeros(4))

@@ -83,6 +83,7 @@ def test_mesh_size_rules():
     parallel.mesh_size(8, 9, 8)
 
 
+@pytest.mark.slow  # One step compiled for 8 devices and for 1: about 2 minutes.
 def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path):
   one, eight = tmp_path / 'one', tmp_path / 'eight'
   extra = dict(batch_size=8, num_steps=4, checkpoint_every=4)
@@ -95,7 +96,7 @@ def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path):
   assert_same_training(a, b)
 
 
-@pytest.mark.slow  # Two nerf_small fits, one compiled for 8 devices: about 4 minutes.
+@pytest.mark.full  # Two nerf_small fits, one compiled for 8 devices: about 4 minutes.
 def test_classic_nerf_on_eight_devices_matches_one(small_scene, jax_cache, tmp_path):
   def fit(workdir, devices):
     run_ok([sys.executable, '-m', 'dreamfusion_jax.main', '--config', 'configs/nerf_small.py',
@@ -151,6 +152,7 @@ def test_two_processes_train_checkpoint_and_resume(tiny_model, jax_cache, tmp_pa
   assert (hosts / 'turntable.mp4').is_file() and (hosts / 'mesh.glb').is_file()
 
 
+@pytest.mark.slow  # Four runs through the entry point: about 2 minutes.
 def test_prompts_together_equal_each_alone(tiny_model, jax_cache, tmp_path):
   prompts = ('a red cube', 'a blue sphere', 'a red sphere')
   together = tmp_path / 'together'

@@ -77,6 +77,7 @@ def test_train_prior_writes_a_loadable_model(tmp_path):
   assert emb.cond.shape[0] == 4 and not np.allclose(emb.cond[0], emb.cond[1])
 
 
+@pytest.mark.slow  # Builds and restores the prior twice: about a minute.
 def test_build_models_starts_from_a_saved_prior(tmp_path, monkeypatch):
   unet, text, _, saved = train_prior.build_models(tmp_path / 'first', 16, seed=0)
   train_prior.save(tmp_path / 'first', unet, text, saved, {'steps': 2})

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from dreamfusion_jax import camera
 from dreamfusion_jax import checkpoint
+from dreamfusion_jax import losses
 from dreamfusion_jax import steps
 from dreamfusion_jax import train
 
@@ -180,6 +182,7 @@ def error_line(result):
     (dict(t_max_end=1.0), 'config.t_max_end=1.0 must lie in (t_range[0], 1)'),
     (dict(**{'loss.entropy_weight': -1.0}), 'config.loss.entropy_weight=-1.0 must be >= 0'),
     (dict(**{'loss.smoothness_radius': 0.0}), 'config.loss.smoothness_radius=0.0 must be > 0'),
+    (dict(**{'render.remat_chunks': 7}), 'config.render.remat_chunks=7 must be 0 (off) or divide'),
 ])
 def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
   result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
@@ -298,6 +301,47 @@ def test_step_is_pure_and_updates_params(step_setup):
   changed = [not np.array_equal(a, b) for a, b in
              zip(jax.tree.leaves(new_a.params), jax.tree.leaves(state.params))]
   assert all(changed)
+
+
+def test_step_compiles_once_over_many_steps(tiny_model):
+  step, state, diffusion, text = make_step_setup(tiny_model)
+  for _ in range(3):  # Static shapes: step and schedules advance inside the compiled program.
+    state, _ = step(state, diffusion, text)
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_remat_chunks_give_the_same_gradient_in_less_memory(tiny_model):
+  from configs import dreamfusion as dreamfusion_config  # pylint: disable=g-import-not-at-top
+  config = dreamfusion_config.get_config()
+  config.update_from_flattened_dict({
+      'batch_size': 2, 'render.height': 16, 'render.width': 16, 'render.num_samples': (16, 16),
+      'nerf.width': 32, 'nerf.num_blocks': 2})
+  net, bg = train.make_nerf(config), train.make_background(config)
+  state = train.init_dreamfusion_state(config, net, bg, train.make_optimizer(config))
+  cams = camera.orbit_cameras(2, elevation_deg=20.0, distance=1.3, focal=16.0)
+  lights = cams.c2w[:, :3, 3]
+  modes = jnp.array([1, 2], jnp.int32)
+  results = []
+  for chunks in (0, 8):
+    config.render.remat_chunks = chunks
+    settings, render_fn = train.make_sds_settings(config), train.make_render_fn(config)
+
+    def loss(params, settings=settings, render_fn=render_fn):
+      rgb, out, rays = steps.render_views(
+          jax.random.key(0), params, cams, modes, lights, model=net, background_model=bg,
+          render_fn=render_fn, settings=settings, randomized=False)
+      return jnp.sum(rgb**2) + losses.orientation(out.weights, out.sample_normals,
+                                                  rays.directions)
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    planned = grad.lower(state.params).compile().memory_analysis().temp_size_in_bytes
+    results.append((grad(state.params), planned))
+  (value, grads), planned = results[0]
+  (value_chunked, grads_chunked), planned_chunked = results[1]
+  assert float(value_chunked) == pytest.approx(float(value), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_chunked)):  # Summation order.
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(a))))
+  assert planned_chunked < planned / 3, (planned, planned_chunked)
 
 
 def test_non_finite_step_is_skipped(step_setup):

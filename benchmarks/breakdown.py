@@ -1,0 +1,124 @@
+"""Where the time of one DreamFusion step goes: each part jitted and timed alone, with its FLOPs.
+
+  python benchmarks/breakdown.py                        # CPU-sized paper step, tiny latent model
+  python benchmarks/breakdown.py --model sd21 --full    # the paper config with SD-2.1-base shapes
+  python benchmarks/breakdown.py --model toy --config toy
+
+Parts, fed the same shapes the step sees:
+  render   NeRF render of the B views (hierarchical samples, normals from the density gradient,
+           shading, background) forward + backward, with the orientation and opacity losses
+  vae      resize to the model's resolution + VAE encode, forward + VJP (pixel model: the resize)
+  unet     the classifier-free-guided UNet call, cond and uncond in one batch (no gradient)
+  optim    gradient clipping + Adam update of the NeRF and background
+  step     the whole jitted train step, for comparison with the sum of the parts
+FLOPs are XLA's cost analysis of each compiled part; achieved FLOP/s = FLOPs / time.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+import common
+from dreamfusion_jax import camera
+from dreamfusion_jax import guidance
+from dreamfusion_jax import losses
+from dreamfusion_jax import shading
+from dreamfusion_jax import steps
+from dreamfusion_jax import train
+
+
+def parts(config, diffusion, text):
+  """{name: (jitted function, args)} of the step's parts, inputs drawn as the step draws them."""
+  model, bg = train.make_nerf(config), train.make_background(config)
+  optimizer = train.make_optimizer(config)
+  state = train.init_dreamfusion_state(config, model, bg, optimizer)
+  settings = train.make_sds_settings(config)
+  render_fn = train.make_render_fn(config)
+  b = settings.batch_size
+  key = jax.random.key(1)
+  k_cam, k_light, k_render, k_sds = jax.random.split(key, 4)
+  cameras = camera.sample_cameras(k_cam, b, width=settings.width, **dict(settings.camera_ranges))
+  lights = jax.vmap(shading.sample_light)(jax.random.split(k_light, b), cameras.c2w[:, :3, 3])
+  modes = jnp.full((b,), shading.mode_index('lambertian'), jnp.int32)
+  rgb_ct = jax.random.normal(k_sds, (b, settings.height, settings.width, 3))
+
+  @jax.jit
+  def render(params):
+    def loss(p):
+      rgb, out, rays = steps.render_views(k_render, p, cameras, modes, lights, model=model,
+                                          background_model=bg, render_fn=render_fn,
+                                          settings=settings)
+      return (jnp.sum(rgb * rgb_ct)
+              + losses.orientation(out.weights, out.sample_normals, rays.directions)
+              + 1e-3 * losses.opacity(out.acc))
+    return jax.value_and_grad(loss)(params)
+
+  images = jax.random.uniform(k_sds, (b, settings.height, settings.width, 3))
+
+  @jax.jit
+  def vae(d, x):
+    def encode(x):
+      if d.resolution != settings.height:
+        x = guidance.resize_images(x, d.resolution)
+      return d.to_model_space(x)
+    z, pullback = jax.vjp(encode, x)
+    return pullback(jnp.ones_like(z))[0]
+
+  emb = text.select(jnp.zeros((b,), jnp.int32))
+  z_t = jax.random.normal(k_sds, diffusion.latent_shape(b))
+  unet = jax.jit(lambda d, z: d.predict_noise(z, jnp.full((b,), 500, jnp.int32), emb, 100.0))
+
+  grads = jax.tree.map(jnp.ones_like, state.params)
+
+  @jax.jit
+  def optim(g, opt_state, params):
+    updates, opt_state = optimizer.update(g, opt_state, params)
+    return jax.tree.map(jnp.add, params, updates), opt_state
+
+  step = train.make_dreamfusion_step(config, model, bg, optimizer, donate=False)
+  return {
+      'render': (render, (state.params,)),
+      'vae': (vae, (diffusion, images)),
+      'unet': (unet, (diffusion, z_t)),
+      'optim': (optim, (grads, state.opt_state, state.params)),
+      'step': (step, (state, diffusion, text)),
+  }
+
+
+def measure(config, diffusion, text, repeats):
+  """Rows (name, compile s, ms per call, GFLOP, GFLOP/s) of every part and the whole step."""
+  rows = []
+  for name, (fn, args) in parts(config, diffusion, text).items():
+    start = time.perf_counter()
+    executable = common.compiled(fn, args)  # jit's cache keeps it for the calls below.
+    compile_s = time.perf_counter() - start
+    gflop = common.flops(executable) / 1e9
+    _, per_call = common.time_calls(fn, args, repeats)
+    rows.append((name, compile_s, per_call * 1e3, gflop, gflop / per_call))
+  return rows
+
+
+def table(rows):
+  """Markdown table of measure()'s rows, with the parts' share of their sum."""
+  total = sum(r[2] for r in rows if r[0] != 'step')
+  lines = ['| part | compile s | ms | share of parts | GFLOP | achieved GFLOP/s |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for name, compile_s, ms, gflop, rate in rows:
+    share = '' if name == 'step' else f'{100 * ms / total:.0f}%'
+    lines.append(f'| {name} | {compile_s:.1f} | {ms:.1f} | {share} | {gflop:.3f} | {rate:.1f} |')
+  lines.append(f'| sum of parts | | {total:.1f} | 100% | | |')
+  return '\n'.join(lines)
+
+
+def main():
+  args, config, diffusion, text = common.parse(__doc__, [
+      ('--repeats', dict(type=int, default=5))])
+  print(f'device: {common.device_name()}; model {args.model} ({args.dtype}), config '
+        f'{args.config}, {config.batch_size} view(s) of {config.render.height} px, samples '
+        f'{tuple(config.render.num_samples)}, NeRF {config.nerf.width} x {config.nerf.num_blocks}')
+  print(table(measure(config, diffusion, text, args.repeats)))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,65 @@
+"""Memory of the DreamFusion step per number of views, and the most views that fit a budget.
+
+  python benchmarks/memory.py                                   # CPU-sized step, tiny latent
+  python benchmarks/memory.py --model sd21 --full --dtype bfloat16 --budget_gib 16   # Colab T4
+
+For each batch size (1, 2, 4, ... up to --max_batch) the step is compiled, not run, and XLA's
+buffer plan is read (arguments + outputs + temporaries - donated buffers): on a GPU or TPU this is
+what the step allocates; on CPU it is XLA's CPU plan, a guide only. With --run, each step also runs
+once and the device's peak memory in use is printed where the backend reports it (GPU, TPU).
+The last line names the largest batch whose planned memory fits --budget_gib.
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+import common
+from dreamfusion_jax import train
+
+
+def planned_gib(config, diffusion, text, run=False):
+  """(planned GiB, peak GiB or nan) of the jitted step for config (compiled; run if asked)."""
+  net, bg = train.make_nerf(config), train.make_background(config)
+  optimizer = train.make_optimizer(config)
+  state = train.init_dreamfusion_state(config, net, bg, optimizer)
+  step = train.make_dreamfusion_step(config, net, bg, optimizer)
+  executable = common.compiled(step, (state, diffusion, text))
+  peak = float('nan')
+  if run:
+    jax.block_until_ready(executable(state, diffusion, text))
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get('peak_bytes_in_use', float('nan')) / 2**30
+  return common.planned_bytes(executable) / 2**30, peak
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  common.add_flags(parser)  # --batch_size is ignored: the batch is swept.
+  parser.add_argument('--max_batch', type=int, default=8)
+  parser.add_argument('--budget_gib', type=float, default=16.0)
+  parser.add_argument('--run', action='store_true', help='also run each step once')
+  parser.add_argument('--remat_chunks', type=int, default=0,
+                      help='config.render.remat_chunks (0: off)')
+  args = parser.parse_args()
+  diffusion, width, tokens, _ = common.load_model(args.model, jnp.dtype(args.dtype))
+  text = common.random_text(4, tokens, width, diffusion.dtype)
+  print(f'device: {common.device_name()}; model {args.model} ({args.dtype}), config {args.config}'
+        f'{" as shipped" if args.full else " at CPU size"}, remat_chunks {args.remat_chunks}')
+  print('| views/step | planned GiB | peak GiB |\n| --- | --- | --- |')
+  fits, batch = 0, 1
+  while batch <= args.max_batch:
+    overrides = {} if args.full or args.config == 'toy' else dict(common.CPU_SIZE)
+    overrides.update({'batch_size': batch, 'render.remat_chunks': args.remat_chunks})
+    config = common.get_config(args.config, overrides)
+    planned, peak = planned_gib(config, diffusion, text, run=args.run)
+    print(f'| {batch} | {planned:.2f} | {peak:.2f} |', flush=True)
+    if planned <= args.budget_gib:
+      fits = batch
+    batch *= 2
+  print(f'largest batch within {args.budget_gib:g} GiB: {fits or "none"} view(s) per step')
+
+
+if __name__ == '__main__':
+  main()
