@@ -131,16 +131,27 @@ def time_calls(fn, args, repeats):
   return first, (time.perf_counter() - start) / repeats
 
 
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **_: _COMPILES.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
 def time_steps(step, state, args, repeats):
-  """(first call seconds, seconds per step) of a jitted step whose state is threaded through."""
+  """(first call seconds, seconds per step) of a jitted step whose state is threaded through.
+
+  Raises AssertionError if any step after the first compiled anything (shapes must be static).
+  """
   start = time.perf_counter()
   state, metrics = step(state, *args)
   jax.block_until_ready(state)
   first = time.perf_counter() - start
+  compiles = len(_COMPILES)
   start = time.perf_counter()
   for _ in range(repeats):
     state, metrics = step(state, *args)
   jax.block_until_ready((state, metrics))
+  assert len(_COMPILES) == compiles, f'{len(_COMPILES) - compiles} compile(s) after the first step'
   assert np.isfinite(float(metrics['loss'])), metrics
   return first, (time.perf_counter() - start) / repeats
 

@@ -10,20 +10,23 @@ this machine.
 """
 
 import argparse
+import time
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 import breakdown
 import common
 import memory
 import step as step_bench
+from dreamfusion_jax import train
 
 
 def step_rows(cases, num_steps):
-  """The step table for (config name, overrides, model name, dtype) cases; returns the rates."""
+  """Prints the step table for (config name, overrides, model name, dtype) cases."""
   print('## step\n')
   print(step_bench.HEADER)
-  rates = {}
   for config_name, overrides, model, dtype in cases:
     config = common.get_config(config_name, overrides)
     diffusion, width, tokens, _ = common.load_model(model, jnp.dtype(dtype))
@@ -31,26 +34,61 @@ def step_rows(cases, num_steps):
     result = step_bench.measure_step(config, diffusion, text, num_steps)
     print(step_bench.row(f'{model} ({config_name})', config, diffusion, dtype, result),
           flush=True)
-    rates[(config_name, model)] = result['steps_per_s']
-  return rates
 
 
-def vs_torch(config_name, overrides, model, jax_rate, num_steps):
-  """Times the PyTorch step on the same config and model; prints a table; returns the ratio."""
+def vs_torch(config_name, overrides, model, num_steps, rounds=3):
+  """The JAX and the PyTorch step on the same config and model, timed in turns; prints a table.
+
+  Each of `rounds` rounds times num_steps JAX steps, then num_steps PyTorch steps with its
+  default threads (every core), then with one thread (XLA:CPU runs this step's program on one
+  thread, so that row compares the two per core); the medians are reported, so a slow spell of a
+  shared machine does not land on one side only.
+
+  JAX runs as shipped and with render.remat_chunks = 4 (the same step; on CPU the smaller
+  working set of each chunk is faster).
+
+  Returns:
+    The ratio of the median JAX rate (as shipped) to the median PyTorch rate (default threads).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import torch_step  # pylint: disable=g-import-not-at-top
   config = common.get_config(config_name, overrides)
-  _, width, tokens, (unet, vae) = common.load_model(model, jnp.float32)
-  spec = torch_step.make_spec(config, unet, vae, width, tokens)
-  result = torch_step.time_torch_step(spec, num_steps)
-  ratio = jax_rate / result['steps_per_s']
-  print('\n## vs PyTorch (float32, same config, same tiny UNet/VAE configs, same machine)\n')
-  print('| step | first step s | steps/s |\n| --- | --- | --- |')
-  print(f'| PyTorch {torch.__version__} | {result["first_step_s"]:.1f} | '
-        f'{result["steps_per_s"]:.2f} |')
-  print(f'| JAX (jit) | | {jax_rate:.2f} |')
-  print(f'\nJAX / PyTorch: {ratio:.2f}x')
-  return ratio
+  diffusion, width, tokens, (unet, vae) = common.load_model(model, jnp.float32)
+  text = common.random_text(4, tokens, width, diffusion.dtype)
+  jax_steps = {}
+  for key, chunks in (('jax', 0), ('jax4', 4)):  # As shipped, and rendered in 4 remat chunks.
+    chunked = common.get_config(config_name, dict(overrides, **{'render.remat_chunks': chunks}))
+    net, bg = train.make_nerf(chunked), train.make_background(chunked)
+    optimizer = train.make_optimizer(chunked)
+    jax_steps[key] = (train.make_dreamfusion_step(chunked, net, bg, optimizer, donate=False),
+                      train.init_dreamfusion_state(chunked, net, bg, optimizer))
+  torch_model = torch_step.TorchDreamFusion(torch_step.make_spec(config, unet, vae, width, tokens))
+  threads = torch.get_num_threads()
+  rates = {'jax': [], 'jax4': [], 'torch': [], 'torch1': []}
+  for _ in range(rounds):
+    for key, (step, state) in jax_steps.items():
+      rates[key].append(1.0 / common.time_steps(step, state, (diffusion, text), num_steps)[1])
+    for name, count in (('torch', threads), ('torch1', 1)):
+      torch.set_num_threads(count)
+      torch_model.step()
+      start = time.perf_counter()
+      for _ in range(num_steps):
+        torch_model.step()
+      rates[name].append(num_steps / (time.perf_counter() - start))
+  torch.set_num_threads(threads)
+  jax_rate, chunked_rate, torch_rate, single_rate = (float(np.median(rates[k])) for k in rates)
+  print(f'\n## vs PyTorch (float32, same config, same tiny UNet/VAE configs, same machine; '
+        f'median of {rounds} rounds of {num_steps} steps)\n')
+  print('| step | threads | steps/s (rounds) | JAX / this |\n| --- | --- | --- | --- |')
+  for label, count, key, rate in ((f'PyTorch {torch.__version__}', threads, 'torch', torch_rate),
+                                   (f'PyTorch {torch.__version__}', 1, 'torch1', single_rate)):
+    rounds_text = ', '.join(f'{r:.2f}' for r in rates[key])
+    print(f'| {label} | {count} | {rate:.2f} ({rounds_text}) | {jax_rate / rate:.2f} |')
+  for label, key, rate in (('', 'jax', jax_rate), (', remat_chunks 4', 'jax4', chunked_rate)):
+    print(f'| JAX {jax.__version__} (jit){label} | XLA:CPU | {rate:.2f} '
+          f'({", ".join(f"{r:.2f}" for r in rates[key])}) | {rate / torch_rate:.2f} vs '
+          f'{threads} threads |')
+  return jax_rate / torch_rate
 
 
 def main():
@@ -66,7 +104,7 @@ def main():
   if not args.quick:
     cases += [('dreamfusion', {'batch_size': 1}, 'sd21', 'bfloat16'),
               ('dreamfusion', {}, 'sd21', 'bfloat16')]
-  rates = step_rows(cases, args.steps)
+  step_rows(cases, args.steps)
 
   print('\n## breakdown (CPU-sized paper step, tiny latent model, float32)\n')
   config = common.get_config('dreamfusion', cpu)
@@ -95,8 +133,7 @@ def main():
         planned, _ = memory.planned_gib(config, diffusion, text)
         print(f'| {model} | {batch} | {chunks} | {planned:.3f} |', flush=True)
 
-  ratio = vs_torch('dreamfusion', cpu, 'tiny-latent', rates[('dreamfusion', 'tiny-latent')],
-                   args.steps)
+  ratio = vs_torch('dreamfusion', cpu, 'tiny-latent', max(args.steps, 20))
   print(f'jax_vs_torch_step_speedup={ratio:.2f}')
 
 
