@@ -76,7 +76,8 @@ def get_config():
   config.render.chunk_size = 4096
   # Training renders in this many chunks, each recomputed in the backward pass instead of keeping
   # its NeRF activations (0 = all at once): the same step for less memory and one more NeRF
-  # forward; e.g. 16 for 4 views on a 16 GB GPU (benchmarks/memory.py). Must divide B H W.
+  # forward; 16 cut the planned memory 14-fold on CPU (benchmarks/NOTES.md), meant for 4 views
+  # on a 16 GB GPU (a Colab T4: check with benchmarks/memory.py). Must divide B H W.
   config.render.remat_chunks = 0
 
   config.camera = ml_collections.ConfigDict()

@@ -1,0 +1,80 @@
+"""The benchmarks' measuring code on a tiny step: not timings, but that they measure what they say."""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
+
+import breakdown  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step as step_bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+import variants  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = {'render.height': 8, 'render.width': 8, 'render.num_samples': (8, 8), 'nerf.width': 16,
+        'nerf.num_blocks': 1, 'batch_size': 1}
+
+
+@pytest.fixture(scope='module')
+def model():
+  diffusion, width, tokens, configs = common.load_model('tiny-latent', jnp.float32)
+  return diffusion, common.random_text(4, tokens, width, jnp.float32), configs
+
+
+def test_step_rate_and_memory(model):
+  diffusion, text, _ = model
+  result = step_bench.measure_step(common.get_config('dreamfusion', TINY), diffusion, text, 2)
+  assert result['steps_per_s'] > 0 and result['compile_s'] > 0
+  assert 0 < result['planned_gib'] < 1 and result['devices'] == 1
+
+
+def test_a_recompile_after_the_first_step_is_caught(model):
+  diffusion, text, _ = model
+
+  @jax.jit
+  def grows(state, *_):  # A new shape every call: each one compiles.
+    return jnp.zeros(state.shape[0] + 1), {'loss': jnp.float32(0)}
+
+  with pytest.raises(AssertionError, match='compile'):
+    common.time_steps(grows, jnp.zeros(1), (diffusion, text), 2)
+
+
+def test_breakdown_parts_are_measured_with_their_flops(model):
+  diffusion, text, _ = model
+  rows = breakdown.measure(common.get_config('dreamfusion', TINY), diffusion, text, repeats=1)
+  names = [r[0] for r in rows]
+  assert names == ['render', 'vae', 'unet', 'optim', 'step']
+  gflop = dict((r[0], r[3]) for r in rows)
+  assert gflop['render'] > 0 and gflop['unet'] > 0 and gflop['vae'] > 0
+  # The parts are the step's work: their FLOPs add up to the step's within a fifth.
+  parts = gflop['render'] + gflop['vae'] + gflop['unet'] + gflop['optim']
+  assert parts == pytest.approx(gflop['step'], rel=0.2)
+  assert '| sum of parts |' in breakdown.table(rows)
+
+
+def test_planned_memory_grows_with_views_and_falls_with_remat_chunks(model):
+  diffusion, text, _ = model
+  size = dict(TINY, **{'render.height': 16, 'render.width': 16, 'render.num_samples': (16, 16),
+                       'nerf.width': 32})  # Large enough for the NeRF to dominate memory.
+  planned = lambda **o: memory.planned_gib(common.get_config('dreamfusion', dict(size, **o)),
+                                           diffusion, text)[0]
+  one, two = planned(), planned(batch_size=2)
+  assert one < two
+  assert planned(batch_size=2, **{'render.remat_chunks': 8}) < two / 2
+
+
+def test_two_unet_calls_predict_the_same_noise(model):
+  diffusion, text, _ = model
+  z = jax.random.normal(jax.random.key(0), diffusion.latent_shape(2))
+  emb = text.select(jnp.array([0, 2]))
+  k = jnp.array([100, 700])
+  batched = diffusion.predict_noise(z, k, emb, 7.5)
+  with variants.two_unet_calls():
+    separate = diffusion.predict_noise(z, k, emb, 7.5)
+  np.testing.assert_allclose(separate, batched, rtol=1e-4, atol=1e-4)  # Guidance 7.5x.
+  assert not np.allclose(diffusion.predict_noise(z, k, emb, 1.0), batched)
