@@ -102,7 +102,7 @@ def test_local_launcher_passes_arguments(small_scene, tmp_path):
   assert 'config.optim.lr_final=0' in error_line(result)
 
 
-@pytest.mark.full  # Not in CI (its time budget): python -m pytest -m full tests.
+@pytest.mark.slow  # About 6 minutes: the documented fit.
 def test_nerf_small_full_fit(tmp_path):
   """The documented CPU fit: a fresh 100x100, 3-object scene reaches test PSNR >= 25 dB."""
   scene = tmp_path / 'scene'

@@ -42,7 +42,7 @@ def test_short_toy_run_on_a_training_prompt(tmp_path):
   assert result['color'] == 'red' and result['color_correct'], result
 
 
-@pytest.mark.full  # Not in CI (its time budget): python -m pytest -m full tests.
+@pytest.mark.slow  # About 7 minutes: the README's first command on a held-out prompt.
 def test_full_toy_run_on_a_heldout_prompt(tmp_path):
   prompt = 'a red cube'
   assert prompt in toy.HELDOUT
