@@ -38,12 +38,7 @@ def get_config(name, overrides=None):
   """configs/<dreamfusion|dreamfusion_pixel|toy>.py with dotted-key overrides."""
   module = {'dreamfusion': dreamfusion_config, 'pixel': pixel_config, 'toy': toy_config}[name]
   config = module.get_config()
-  for key, value in (overrides or {}).items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(dict(overrides or {}))
   return config
 
 
@@ -83,7 +78,7 @@ def from_flags(args, **extra):
           random_text(4, tokens, width, diffusion.dtype))
 
 
-def load_model(name, dtype, folder=None):
+def load_model(name, dtype):
   """(guidance.Diffusion, text width, text length, the diffusers configs (unet, vae or None))."""
   tiny_models.quiet()
   if name == 'sd21':
@@ -99,8 +94,7 @@ def load_model(name, dtype, folder=None):
     unet = {k: v for k, v in unet.items() if not k.startswith('_') and k not in _FLAX_ONLY}
     return diffusion, width, tokens, (unet, None)
   pixel = name == 'tiny-pixel'
-  with tempfile.TemporaryDirectory() as tmp:
-    folder = folder or tmp
+  with tempfile.TemporaryDirectory() as folder:
     tiny_models.save_flax_model(folder, pixel=pixel)
     diffusion = guidance.Diffusion.from_pretrained(folder, dtype=dtype)
   vae = None if pixel else tiny_models.vae_config()
