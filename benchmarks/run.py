@@ -40,12 +40,12 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3):
   """The JAX and the PyTorch step on the same config and model, timed in turns; prints a table.
 
   Each of `rounds` rounds times num_steps JAX steps, then num_steps PyTorch steps with its
-  default threads (every core), then with one thread (XLA:CPU runs this step's program on one
-  thread, so that row compares the two per core); the medians are reported, so a slow spell of a
-  shared machine does not land on one side only.
+  default threads (every core), then with one thread (a per-core comparison); the medians are
+  reported, so a slow spell of a shared machine does not land on one side only.
 
-  JAX runs as shipped and with render.remat_chunks = 4 (the same step; on CPU the smaller
-  working set of each chunk is faster).
+  JAX runs as shipped (on a CPU, render.parallel_chunks = 0 renders the rays as 4 independent
+  groups that XLA runs concurrently) and with render.parallel_chunks = 1 (one batch of rays, as
+  before that option), so the table shows what the option gains.
 
   Returns:
     The ratio of the median JAX rate (as shipped) to the median PyTorch rate (default threads).
@@ -56,15 +56,16 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3):
   diffusion, width, tokens, (unet, vae) = common.load_model(model, jnp.float32)
   text = common.random_text(4, tokens, width, diffusion.dtype)
   jax_steps = {}
-  for key, chunks in (('jax', 0), ('jax4', 4)):  # As shipped, and rendered in 4 remat chunks.
-    chunked = common.get_config(config_name, dict(overrides, **{'render.remat_chunks': chunks}))
-    net, bg = train.make_nerf(chunked), train.make_background(chunked)
-    optimizer = train.make_optimizer(chunked)
-    jax_steps[key] = (train.make_dreamfusion_step(chunked, net, bg, optimizer, donate=False),
-                      train.init_dreamfusion_state(chunked, net, bg, optimizer))
+  for key, groups in (('jax', None), ('jax1', 1)):  # As shipped, and one batch of rays.
+    variant = common.get_config(config_name, dict(
+        overrides, **({} if groups is None else {'render.parallel_chunks': groups})))
+    net, bg = train.make_nerf(variant), train.make_background(variant)
+    optimizer = train.make_optimizer(variant)
+    jax_steps[key] = (train.make_dreamfusion_step(variant, net, bg, optimizer, donate=False),
+                      train.init_dreamfusion_state(variant, net, bg, optimizer))
   torch_model = torch_step.TorchDreamFusion(torch_step.make_spec(config, unet, vae, width, tokens))
   threads = torch.get_num_threads()
-  rates = {'jax': [], 'jax4': [], 'torch': [], 'torch1': []}
+  rates = {'jax': [], 'jax1': [], 'torch': [], 'torch1': []}
   for _ in range(rounds):
     for key, (step, state) in jax_steps.items():
       rates[key].append(1.0 / common.time_steps(step, state, (diffusion, text), num_steps)[1])
@@ -76,7 +77,7 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3):
         torch_model.step()
       rates[name].append(num_steps / (time.perf_counter() - start))
   torch.set_num_threads(threads)
-  jax_rate, chunked_rate, torch_rate, single_rate = (float(np.median(rates[k])) for k in rates)
+  jax_rate, one_batch_rate, torch_rate, single_rate = (float(np.median(rates[k])) for k in rates)
   print(f'\n## vs PyTorch (float32, same config, same tiny UNet/VAE configs, same machine; '
         f'median of {rounds} rounds of {num_steps} steps)\n')
   print('| step | threads | steps/s (rounds) | JAX / this |\n| --- | --- | --- | --- |')
@@ -84,8 +85,10 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3):
                                    (f'PyTorch {torch.__version__}', 1, 'torch1', single_rate)):
     rounds_text = ', '.join(f'{r:.2f}' for r in rates[key])
     print(f'| {label} | {count} | {rate:.2f} ({rounds_text}) | {jax_rate / rate:.2f} |')
-  for label, key, rate in (('', 'jax', jax_rate), (', remat_chunks 4', 'jax4', chunked_rate)):
-    print(f'| JAX {jax.__version__} (jit){label} | XLA:CPU | {rate:.2f} '
+  backend = jax.default_backend().upper()
+  for label, key, rate in ((f'parallel_chunks {train.parallel_chunks(config)}', 'jax', jax_rate),
+                           ('parallel_chunks 1', 'jax1', one_batch_rate)):
+    print(f'| JAX {jax.__version__} (jit, {label}) | XLA:{backend} | {rate:.2f} '
           f'({", ".join(f"{r:.2f}" for r in rates[key])}) | {rate / torch_rate:.2f} vs '
           f'{threads} threads |')
   return jax_rate / torch_rate

@@ -79,6 +79,11 @@ def get_config():
   # forward; 16 cut the planned memory 14-fold on CPU (benchmarks/NOTES.md), meant for 4 views
   # on a 16 GB GPU (a Colab T4: check with benchmarks/memory.py). Must divide B H W.
   config.render.remat_chunks = 0
+  # Training renders the rays (of each remat chunk) as this many independent groups: 0 picks 4 on
+  # a CPU, where XLA runs the groups concurrently on the cores (the CPU-sized step 2.30 -> 2.98
+  # steps/s, benchmarks/NOTES.md), and 1 on GPUs and TPUs. Not in the paper; the same step with
+  # each group's samples drawn from its own key.
+  config.render.parallel_chunks = 0
 
   config.camera = ml_collections.ConfigDict()
   config.camera.elevation_range_deg = (-10.0, 90.0)  # [likely]

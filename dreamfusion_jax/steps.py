@@ -127,6 +127,8 @@ class SDSSettings:
     transmittance_target: (start, end, num_steps) of the linear target-transmittance schedule.
     remat_chunks: 0 or 1 renders all rays at once; N > 1 renders them in N chunks recomputed in
       the backward pass (remat_chunks), for memory of about one chunk's NeRF activations.
+    parallel_chunks: 1 renders the rays (of each remat chunk) as one batch; N > 1 as N
+      independent groups (independent_chunks), which XLA:CPU runs concurrently on its threads.
   """
   batch_size: int
   height: int
@@ -155,6 +157,7 @@ class SDSSettings:
   transmittance_weight: float = 0.0
   transmittance_target: tuple = (0.5, 0.9, 500)
   remat_chunks: int = 0
+  parallel_chunks: int = 1
 
 
 def _schedule(step, spec):
@@ -204,6 +207,8 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
                      randomized=randomized)[-1]
 
   inputs = (rays, background, per_ray(modes), per_ray(lights))
+  if settings.parallel_chunks > 1:
+    render_chunk = independent_chunks(render_chunk, settings.parallel_chunks)
   if settings.remat_chunks > 1:
     out = remat_chunks(render_chunk, key, inputs, settings.remat_chunks)
   else:
@@ -211,12 +216,24 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   return out.rgb.reshape(b, h, w, 3), out, rays
 
 
+def _interleave(count, num_chunks):
+  """(split, merge) between [count, ...] and [num_chunks, count / num_chunks, ...].
+
+  Chunk c holds rows c, c + num_chunks, ..., so a ray batch split over devices stays split in
+  every chunk.
+  """
+  if count % num_chunks:
+    raise ValueError(f'{count} rays do not split into {num_chunks} chunks')
+  split = lambda x: x.reshape(count // num_chunks, num_chunks, *x.shape[1:]).swapaxes(0, 1)
+  merge = lambda y: y.swapaxes(0, 1).reshape(count, *y.shape[2:])
+  return split, merge
+
+
 def remat_chunks(fn, key, inputs, num_chunks):
   """fn(key, *inputs) over the rays in interleaved chunks, each recomputed in the backward pass.
 
   A lax.scan over jax.checkpoint(fn) keeps one chunk's activations at a time instead of all of
-  them (the NeRF's activations dominate the step's memory), for one more forward pass. Chunk c
-  holds rays c, c + num_chunks, ..., so a ray batch split over devices stays split in every chunk.
+  them (the NeRF's activations dominate the step's memory), for one more forward pass.
 
   Args:
     fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
@@ -227,15 +244,40 @@ def remat_chunks(fn, key, inputs, num_chunks):
   Returns:
     fn's pytree with leading size R, rows in the order of the inputs.
   """
-  count = jax.tree.leaves(inputs)[0].shape[0]
-  if count % num_chunks:
-    raise ValueError(f'{count} rays do not split into {num_chunks} chunks')
-  split = lambda x: x.reshape(count // num_chunks, num_chunks, *x.shape[1:]).swapaxes(0, 1)
-  merge = lambda y: y.swapaxes(0, 1).reshape(count, *y.shape[2:])
+  split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
   body = jax.checkpoint(lambda k, xs: fn(k, *xs))
   _, outputs = jax.lax.scan(lambda carry, x: (carry, body(*x)), None,
                             (jax.random.split(key, num_chunks), jax.tree.map(split, inputs)))
   return jax.tree.map(merge, outputs)
+
+
+def independent_chunks(fn, num_chunks):
+  """fn over the rays as num_chunks independent interleaved groups, for concurrency on a CPU.
+
+  XLA:CPU runs most fused element-wise loops on one thread; the NeRF of one batch of rays
+  kept one of two cores busy 72% of the time (benchmarks/NOTES.md). The groups are separate,
+  unrolled computations with no data between them, which XLA's concurrency-optimised
+  scheduler (make_dreamfusion_step's compiler option) runs side by side on the threads.
+  Nothing is recomputed; each group draws its samples from its own key.
+
+  Args:
+    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
+    num_chunks: int.
+
+  Returns:
+    A function (key, *inputs with leading size R) -> fn's pytree with leading size R, rows in
+    the order of the inputs.
+  """
+
+  def chunked(key, *inputs):
+    split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
+    groups = jax.tree.map(split, inputs)
+    keys = jax.random.split(key, num_chunks)
+    outputs = [fn(keys[c], *jax.tree.map(lambda x, c=c: x[c], groups))
+               for c in range(num_chunks)]
+    return jax.tree.map(lambda *ys: merge(jnp.stack(ys)), *outputs)
+
+  return chunked
 
 
 def render_background(params, rays, background_model):

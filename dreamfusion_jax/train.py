@@ -207,6 +207,12 @@ def _validate_dreamfusion(config):
   _require(chunks >= 0 and (chunks <= 1 or rays % chunks == 0),
            f'config.render.remat_chunks={chunks} must be 0 (off) or divide the {rays} rays of a '
            f'step (batch_size x height x width), e.g. {_divisor_near(rays, 16)}')
+  groups = config.render.get('parallel_chunks', 1)
+  per_chunk = rays // max(chunks, 1)
+  _require(groups >= 0 and (groups <= 1 or per_chunk % groups == 0),
+           f'config.render.parallel_chunks={groups} must be 0 (automatic), 1 (off) or divide '
+           f'the {per_chunk} rays of a step{" remat chunk" if chunks > 1 else ""}, e.g. '
+           f'{_divisor_near(per_chunk, 4)}')
   _ordered(config, 'camera.elevation_range_deg', -90.0, 90.0)
   _ordered(config, 'camera.azimuth_range_deg')
   _ordered(config, 'camera.distance_range', 0.0)
@@ -429,7 +435,37 @@ def make_sds_settings(config):
       clip_blur_sigma=config.clip.blur_sigma, transmittance_weight=loss.transmittance_weight,
       transmittance_target=(loss.transmittance_start, loss.transmittance_end,
                             loss.transmittance_steps),
-      remat_chunks=config.render.get('remat_chunks', 0))  # Absent from older run folders.
+      remat_chunks=config.render.get('remat_chunks', 0),  # Absent from older run folders.
+      parallel_chunks=parallel_chunks(config))
+
+
+# On a CPU, render.parallel_chunks = 0 renders this many independent groups of rays.
+CPU_PARALLEL_CHUNKS = 4
+
+
+def parallel_chunks(config):
+  """The independent ray groups of a training step (config.render.parallel_chunks resolved).
+
+  0 (automatic) is CPU_PARALLEL_CHUNKS on a CPU backend, where the groups run concurrently on
+  the cores, and 1 on GPUs and TPUs, where one large batch keeps the chip busier; if the rays
+  do not split evenly, the largest smaller count that does.
+  """
+  groups = config.render.get('parallel_chunks', 1)  # Absent from older run folders.
+  if groups:
+    return groups
+  if jax.default_backend() != 'cpu':
+    return 1
+  rays = config.batch_size * config.render.height * config.render.width
+  rays //= max(config.render.get('remat_chunks', 0), 1)
+  return max(n for n in range(1, CPU_PARALLEL_CHUNKS + 1) if rays % n == 0)
+
+
+def step_compiler_options(config):
+  """XLA options of the training step's jit: CPU scheduling for parallel_chunks (or None)."""
+  if jax.default_backend() == 'cpu' and parallel_chunks(config) > 1:
+    # Without it XLA:CPU orders the groups one after the other to save memory.
+    return {'xla_cpu_enable_concurrency_optimized_scheduler': True}
+  return None
 
 
 def make_dreamfusion_step(config, model, background_model, optimizer, donate=True, mesh=None,
@@ -452,7 +488,8 @@ def make_dreamfusion_step(config, model, background_model, optimizer, donate=Tru
       shard=shard)
   if vmapped:
     step = jax.vmap(step, in_axes=(0, None, 0, None, 0))
-  return jax.jit(step, donate_argnums=0 if donate else ())
+  return jax.jit(step, donate_argnums=0 if donate else (),
+                 compiler_options=step_compiler_options(config))
 
 
 def run_metadata(config):

@@ -183,6 +183,8 @@ def error_line(result):
     (dict(**{'loss.entropy_weight': -1.0}), 'config.loss.entropy_weight=-1.0 must be >= 0'),
     (dict(**{'loss.smoothness_radius': 0.0}), 'config.loss.smoothness_radius=0.0 must be > 0'),
     (dict(**{'render.remat_chunks': 7}), 'config.render.remat_chunks=7 must be 0 (off) or divide'),
+    (dict(**{'render.parallel_chunks': 3}),
+     'config.render.parallel_chunks=3 must be 0 (automatic), 1 (off) or divide the 64 rays'),
 ])
 def test_bad_input_fails_before_compiling(tiny_model, jax_cache, tmp_path, extra, expected):
   result = run(main_command(tmp_path / 'run', tiny_model, **extra), jax_cache)
@@ -317,7 +319,11 @@ def test_step_compiles_once_over_many_steps(tiny_model):
   assert len(compiles) == first
 
 
-def test_remat_chunks_give_the_same_gradient_in_less_memory(tiny_model):
+def render_loss_and_grad(chunking):
+  """(loss, gradient, planned temporary bytes) of a 2-view unjittered render per chunking.
+
+  chunking: dicts of render.remat_chunks / render.parallel_chunks values.
+  """
   from configs import dreamfusion as dreamfusion_config  # pylint: disable=g-import-not-at-top
   config = dreamfusion_config.get_config()
   config.update_from_flattened_dict({
@@ -329,26 +335,73 @@ def test_remat_chunks_give_the_same_gradient_in_less_memory(tiny_model):
   lights = cams.c2w[:, :3, 3]
   modes = jnp.array([1, 2], jnp.int32)
   results = []
-  for chunks in (0, 8):
-    config.render.remat_chunks = chunks
+  for values in chunking:
+    config.update_from_flattened_dict({f'render.{k}': v for k, v in values.items()})
     settings, render_fn = train.make_sds_settings(config), train.make_render_fn(config)
 
     def loss(params, settings=settings, render_fn=render_fn):
       rgb, out, rays = steps.render_views(
           jax.random.key(0), params, cams, modes, lights, model=net, background_model=bg,
           render_fn=render_fn, settings=settings, randomized=False)
-      return jnp.sum(rgb**2) + losses.orientation(out.weights, out.sample_normals,
-                                                  rays.directions)
+      ramp = jnp.linspace(0.5, 1.5, rgb.size).reshape(rgb.shape)  # Pixels out of order fail.
+      return jnp.sum(ramp * rgb**2) + losses.orientation(out.weights, out.sample_normals,
+                                                         rays.directions)
 
     grad = jax.jit(jax.value_and_grad(loss))
     planned = grad.lower(state.params).compile().memory_analysis().temp_size_in_bytes
-    results.append((grad(state.params), planned))
-  (value, grads), planned = results[0]
-  (value_chunked, grads_chunked), planned_chunked = results[1]
-  assert float(value_chunked) == pytest.approx(float(value), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_chunked)):  # Summation order.
+    results.append((*grad(state.params), planned))
+  return results
+
+
+def assert_same_loss_and_grad(first, second):
+  (value, grads, _), (other_value, other_grads, _) = first, second
+  assert float(other_value) == pytest.approx(float(value), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(other_grads)):  # Summation order.
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(a))))
-  assert planned_chunked < planned / 3, (planned, planned_chunked)
+
+
+def test_remat_chunks_give_the_same_gradient_in_less_memory(tiny_model):
+  whole, chunked = render_loss_and_grad([dict(remat_chunks=0, parallel_chunks=1),
+                                         dict(remat_chunks=8, parallel_chunks=1)])
+  assert_same_loss_and_grad(whole, chunked)
+  assert chunked[2] < whole[2] / 3, (whole[2], chunked[2])
+
+
+def test_parallel_chunks_give_the_same_render_and_gradient(tiny_model):
+  whole, *grouped = render_loss_and_grad([
+      dict(remat_chunks=0, parallel_chunks=1), dict(remat_chunks=0, parallel_chunks=4),
+      dict(remat_chunks=8, parallel_chunks=2)])  # Groups inside each remat chunk.
+  for other in grouped:
+    assert_same_loss_and_grad(whole, other)
+
+
+def test_independent_chunks_keep_the_row_order_and_give_each_group_its_key():
+  fn = lambda key, x: (x * 2.0, jnp.broadcast_to(jax.random.uniform(key), x.shape[:1]))
+  x = jnp.arange(24.0).reshape(12, 2)
+  doubled, draws = steps.independent_chunks(fn, 3)(jax.random.key(0), x)
+  np.testing.assert_array_equal(doubled, x * 2.0)
+  # Rows c, c + 3, ... form group c and share its draw; the three groups' draws differ.
+  np.testing.assert_array_equal(draws.reshape(4, 3), np.broadcast_to(draws[:3], (4, 3)))
+  assert len(set(np.asarray(draws[:3]).tolist())) == 3
+  with pytest.raises(ValueError, match='12 rays do not split into 5 chunks'):
+    steps.independent_chunks(fn, 5)(jax.random.key(0), x)
+
+
+def test_parallel_chunks_are_automatic_on_a_cpu_only(monkeypatch):
+  from configs import dreamfusion as dreamfusion_config  # pylint: disable=g-import-not-at-top
+  config = dreamfusion_config.get_config()
+  assert config.render.parallel_chunks == 0 and jax.default_backend() == 'cpu'
+  assert train.parallel_chunks(config) == train.CPU_PARALLEL_CHUNKS
+  assert train.make_sds_settings(config).parallel_chunks == train.CPU_PARALLEL_CHUNKS
+  assert train.step_compiler_options(config) == {
+      'xla_cpu_enable_concurrency_optimized_scheduler': True}
+  config.batch_size, config.render.height, config.render.width = 1, 3, 3  # 9 rays: 3 groups.
+  assert train.parallel_chunks(config) == 3
+  config.render.parallel_chunks = 1
+  assert train.parallel_chunks(config) == 1 and train.step_compiler_options(config) is None
+  config.render.parallel_chunks = 0
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert train.parallel_chunks(config) == 1 and train.step_compiler_options(config) is None
 
 
 def test_non_finite_step_is_skipped(step_setup):
