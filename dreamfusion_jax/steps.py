@@ -254,8 +254,8 @@ def remat_chunks(fn, key, inputs, num_chunks):
 def independent_chunks(fn, num_chunks):
   """fn over the rays as num_chunks independent interleaved groups, for concurrency on a CPU.
 
-  XLA:CPU runs most fused element-wise loops on one thread; the NeRF of one batch of rays
-  kept one of two cores busy 72% of the time (benchmarks/NOTES.md). The groups are separate,
+  XLA:CPU runs most fused element-wise loops on one thread; with the NeRF of one batch of rays,
+  only one of two cores was busy for 72% of the step (benchmarks/NOTES.md). The groups are separate,
   unrolled computations with no data between them, which XLA's concurrency-optimised
   scheduler (make_dreamfusion_step's compiler option) runs side by side on the threads.
   Nothing is recomputed; each group draws its samples from its own key.

@@ -203,7 +203,7 @@ def _validate_dreamfusion(config):
   _require(config.render.height > 0 and config.render.width > 0,
            'config.render.height and width must be > 0')
   chunks = config.render.remat_chunks
-  rays = config.batch_size * config.render.height * config.render.width
+  rays = _step_rays(config)
   _require(chunks >= 0 and (chunks <= 1 or rays % chunks == 0),
            f'config.render.remat_chunks={chunks} must be 0 (off) or divide the {rays} rays of a '
            f'step (batch_size x height x width), e.g. {_divisor_near(rays, 16)}')
@@ -455,9 +455,13 @@ def parallel_chunks(config):
     return groups
   if jax.default_backend() != 'cpu':
     return 1
-  rays = config.batch_size * config.render.height * config.render.width
-  rays //= max(config.render.get('remat_chunks', 0), 1)
+  rays = _step_rays(config) // max(config.render.get('remat_chunks', 0), 1)
   return max(n for n in range(1, CPU_PARALLEL_CHUNKS + 1) if rays % n == 0)
+
+
+def _step_rays(config):
+  """Rays rendered by one training step: batch_size x height x width."""
+  return config.batch_size * config.render.height * config.render.width
 
 
 def step_compiler_options(config):
