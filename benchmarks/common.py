@@ -25,6 +25,7 @@ from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-i
 from configs import dreamfusion_pixel as pixel_config  # pylint: disable=wrong-import-position
 from configs import toy as toy_config  # pylint: disable=wrong-import-position
 from dreamfusion_jax import guidance  # pylint: disable=wrong-import-position
+from dreamfusion_jax import host_memory  # pylint: disable=wrong-import-position
 import tiny_models  # pylint: disable=wrong-import-position
 
 MODELS = ('tiny-latent', 'tiny-pixel', 'toy', 'sd21')
@@ -59,6 +60,7 @@ def parse(doc, more_flags=()):
     doc: the script's docstring (its first line describes it).
     more_flags: (name, keyword arguments of add_argument) of the script's own flags.
   """
+  host_memory.keep_freed_memory()  # As main does, before JAX's first computation.
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   add_flags(parser)
   for name, kwargs in more_flags:

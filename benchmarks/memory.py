@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import common
+from dreamfusion_jax import host_memory
 from dreamfusion_jax import train
 
 
@@ -35,6 +36,7 @@ def planned_gib(config, diffusion, text, run=False):
 
 
 def main():
+  host_memory.keep_freed_memory()  # As main does, before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   common.add_flags(parser)  # --batch_size is ignored: the batch is swept.
   parser.add_argument('--max_batch', type=int, default=8)

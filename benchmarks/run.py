@@ -20,6 +20,7 @@ import breakdown
 import common
 import memory
 import step as step_bench
+from dreamfusion_jax import host_memory
 from dreamfusion_jax import train
 
 
@@ -95,6 +96,7 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3):
 
 
 def main():
+  host_memory.keep_freed_memory()  # As main does, before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true', help='only the CPU-sized benchmarks')
   parser.add_argument('--steps', type=int, default=10)

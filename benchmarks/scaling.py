@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'tests')]
 import common  # pylint: disable=wrong-import-position
 from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-import-position
 from configs import toy as toy_config  # pylint: disable=wrong-import-position
+from dreamfusion_jax import host_memory  # pylint: disable=wrong-import-position
 from dreamfusion_jax import parallel  # pylint: disable=wrong-import-position
 from dreamfusion_jax import train  # pylint: disable=wrong-import-position
 import tiny_models  # pylint: disable=wrong-import-position
@@ -75,6 +76,7 @@ def gradient_bytes(config):
 
 
 def main():
+  host_memory.keep_freed_memory()  # As main does, before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--devices', default='1,2,4,8')
   parser.add_argument('--views', type=int, default=8, help='global views per step')

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests'))
 
 from dreamfusion_jax import guidance  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dreamfusion_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tiny_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SD21_UNET = dict(
@@ -81,6 +82,7 @@ def time_sds(name, diffusion, width, tokens, repeats):
 
 
 def main():
+  host_memory.keep_freed_memory()  # As main does, before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sd21', action='store_true', help='also time the SD-2.1-base shape')
   parser.add_argument('--skip_tiny', action='store_true', help='only the SD-2.1-base shape')

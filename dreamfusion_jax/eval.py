@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dreamfusion_jax import camera, clip, models, render, shading, toy, train
+from dreamfusion_jax import camera, clip, host_memory, models, render, shading, toy, train
 from dreamfusion_jax.toy import world
 
 ELEVATION_DEG = 30.0
@@ -461,6 +461,7 @@ def _load_clip(path_or_id):
 
 def main(argv=None):
   """`python -m dreamfusion_jax.eval --workdir W`: IoU, colour and R-precision into W/eval.json."""
+  host_memory.keep_freed_memory()  # Before JAX's first computation.
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument('--workdir', required=True, help='the folder of a DreamFusion run')
   parser.add_argument('--prompt', default=None, help='default: the run\'s config.prompt')

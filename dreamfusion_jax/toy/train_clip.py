@@ -29,6 +29,7 @@ import optax
 import tqdm
 
 from dreamfusion_jax import clip
+from dreamfusion_jax import host_memory
 from dreamfusion_jax.toy import ema_step
 from dreamfusion_jax.toy import tokenizer as tokenizer_lib
 from dreamfusion_jax.toy import train_prior
@@ -452,6 +453,7 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
 
 
 def main(argv=None):
+  host_memory.keep_freed_memory()  # Before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, help='output folder (transformers CLIP layout)')
   parser.add_argument('--steps', type=int, default=3000)

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 import tqdm
 
+from dreamfusion_jax import host_memory
 from dreamfusion_jax.toy import tokenizer as tokenizer_lib
 from dreamfusion_jax.toy import ema_step
 from dreamfusion_jax.toy import world
@@ -205,6 +206,7 @@ def train(out, *, steps, batch_size, views_per_prompt, resolution, lr, seed, sav
 
 
 def main(argv=None):
+  host_memory.keep_freed_memory()  # Before JAX's first computation.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, help='output folder (diffusers layout)')
   parser.add_argument('--steps', type=int, default=2500)
