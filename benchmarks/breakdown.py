@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import common
 from dreamfusion_jax import camera
@@ -36,12 +37,16 @@ def parts(config, diffusion, text):
   settings = train.make_sds_settings(config)
   render_fn = train.make_render_fn(config)
   b = settings.batch_size
-  key = jax.random.key(1)
-  k_cam, k_light, k_render, k_sds = jax.random.split(key, 4)
-  cameras = camera.sample_cameras(k_cam, b, width=settings.width, **dict(settings.camera_ranges))
-  lights = jax.vmap(shading.sample_light)(jax.random.split(k_light, b), cameras.c2w[:, :3, 3])
-  modes = jnp.full((b,), shading.mode_index('lambertian'), jnp.int32)
-  rgb_ct = jax.random.normal(k_sds, (b, settings.height, settings.width, 3))
+  with common.on_host():  # The inputs: a few dozen small eager ops.
+    key = jax.random.key(1)
+    k_cam, k_light, k_render, k_sds = jax.random.split(key, 4)
+    cameras = camera.sample_cameras(k_cam, b, width=settings.width,
+                                    **dict(settings.camera_ranges))
+    lights = jax.vmap(shading.sample_light)(jax.random.split(k_light, b), cameras.c2w[:, :3, 3])
+    modes = jnp.full((b,), shading.mode_index('lambertian'), jnp.int32)
+    rgb_ct = jax.random.normal(k_sds, (b, settings.height, settings.width, 3))
+    images = jax.random.uniform(k_sds, (b, settings.height, settings.width, 3))
+    z_t = jax.random.normal(k_sds, diffusion.latent_shape(b))
 
   @jax.jit
   def render(params):
@@ -54,7 +59,6 @@ def parts(config, diffusion, text):
               + 1e-3 * losses.opacity(out.acc))
     return jax.value_and_grad(loss)(params)
 
-  images = jax.random.uniform(k_sds, (b, settings.height, settings.width, 3))
 
   @jax.jit
   def vae(d, x):
@@ -66,10 +70,9 @@ def parts(config, diffusion, text):
     return pullback(jnp.ones_like(z))[0]
 
   emb = text.select(jnp.zeros((b,), jnp.int32))
-  z_t = jax.random.normal(k_sds, diffusion.latent_shape(b))
   unet = jax.jit(lambda d, z: d.predict_noise(z, jnp.full((b,), 500, jnp.int32), emb, 100.0))
 
-  grads = jax.tree.map(jnp.ones_like, state.params)
+  grads = jax.tree.map(lambda p: np.ones(p.shape, p.dtype), state.params)
 
   @jax.jit
   def optim(g, opt_state, params):

@@ -87,6 +87,13 @@ def load_model(name, dtype):
     import sds_grad  # pylint: disable=g-import-not-at-top
     diffusion, width, tokens = sds_grad.sd21_diffusion(dtype)
     return diffusion, width, tokens, (sds_grad.SD21_UNET, sds_grad.SD21_VAE)
+  with on_host():  # Building and loading run many small eager ops (see on_host).
+    diffusion, *rest = _load_saved_model(name, dtype)
+  return (jax.device_put(diffusion, jax.local_devices()[0]), *rest)
+
+
+def _load_saved_model(name, dtype):
+  """load_model's work for the toy prior and the tiny models (saved, then loaded)."""
   if name == 'toy':
     from dreamfusion_jax import toy  # pylint: disable=g-import-not-at-top
     diffusion = guidance.Diffusion.from_pretrained(str(toy.PRIOR_DIR), dtype=dtype)
@@ -110,9 +117,8 @@ _FLAX_ONLY = ('use_memory_efficient_attention', 'split_head_dim')
 def random_text(batch, tokens, width, dtype, seed=0):
   """TextEmbeddings [batch, tokens, width] of random values (the step only reads their shape)."""
   rng = np.random.default_rng(seed)
-  return guidance.TextEmbeddings(
-      cond=jnp.asarray(rng.standard_normal((batch, tokens, width)), dtype),
-      uncond=jnp.asarray(rng.standard_normal((batch, tokens, width)), dtype))
+  draw = lambda: jax.device_put(rng.standard_normal((batch, tokens, width)).astype(dtype))
+  return guidance.TextEmbeddings(cond=draw(), uncond=draw())  # No compile (jnp.asarray has one).
 
 
 def time_calls(fn, args, repeats):
@@ -172,6 +178,17 @@ def planned_bytes(executable):
     return float('nan')
   return float(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                - mem.alias_size_in_bytes)
+
+
+def on_host():
+  """Context for small eager setup work: on the CPU, where XLA compiles each op in milliseconds.
+
+  Every eager op is its own compiled program; on a GPU each such compile has a fixed cost (seconds
+  on the lent H200 of benchmarks/NOTES.md), so a few dozen setup ops can outlast the step's own
+  compile. Arrays made here are uncommitted: jitted code called outside runs on the default
+  device and moves them there.
+  """
+  return jax.default_device(jax.devices('cpu')[0])
 
 
 def device_name():

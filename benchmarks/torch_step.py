@@ -4,6 +4,7 @@
   python benchmarks/torch_step.py --model tiny-pixel  # tiny random pixel-space model
   python benchmarks/torch_step.py --steps 10 --threads 2
   python benchmarks/torch_step.py --full              # as shipped: 64 px, 64+64, 4 views
+  python benchmarks/torch_step.py --full --model sd21 --dtype bfloat16 --device cuda  # on a GPU
 
 The step of steps.dreamfusion_step (JAX, jitted) as a PyTorch user would write it: an nn.Module
 NeRF whose normals come from torch.autograd.grad(create_graph=True), diffusers' torch
@@ -14,7 +15,8 @@ sampling with the NeRF and its normals at every level, composited over the learn
 the orientation and opacity losses; a bilinear resize to the model's resolution; SDS with the
 conditional and unconditional UNet passes in one call; backward, clipping and Adam. Without
 --full the config is shrunk to common.CPU_SIZE, as benchmarks/step.py does: run it with the same
-flags on the same machine for the JAX row.
+flags on the same machine for the JAX row. With --device cuda every tensor, the generator of the
+draws and the modules live on the GPU (torch's default device is set around each step).
 
 Letters: B views, H, W render size, R = B H W rays, S samples per ray, h, w, C the model's input
 (latent or pixel) size, L tokens, D text embedding width.
@@ -562,12 +564,20 @@ class TorchDreamFusion:
     spec: make_spec's dict.
     nerf, background: the trained modules (float32).
     unet, vae: frozen diffusers modules in `dtype` (vae None for a pixel model).
+    device: torch.device every tensor and module lives on; the default device inside step() and
+      render().
     cond, uncond: [4, L, D] random text embeddings of the four view prompts.
     optimizer: torch.optim.Adam over the NeRF's and the background's parameters.
     step_count: steps taken (skipped ones included); num_updates: Adam updates applied.
   """
 
-  def __init__(self, spec, seed=0, dtype=torch.float32):
+  def __init__(self, spec, seed=0, dtype=torch.float32, device='cpu'):
+    self.device = torch.device(device)
+    with self.device:
+      self._build(spec, seed, dtype)
+
+  def _build(self, spec, seed, dtype):
+    """__init__'s work, with self.device the default device."""
     self.spec = spec
     self.dtype = dtype
     torch.manual_seed(seed)
@@ -585,7 +595,7 @@ class TorchDreamFusion:
     optim = spec['optim']
     self.optimizer = torch.optim.Adam(self.params, lr=optim['lr_init'],
                                       betas=(optim['beta1'], optim['beta2']), eps=optim['eps'])
-    self.generator = torch.Generator().manual_seed(seed)
+    self.generator = torch.Generator(device=self.device).manual_seed(seed)
     self.step_count = 0
     self.num_updates = 0
 
@@ -648,17 +658,17 @@ class TorchDreamFusion:
     Returns:
       dict of numpy arrays: rgb [B, H, W, 3], acc [B, H, W].
     """
-    c2w = torch.tensor(np.array(c2w, np.float32))
-    focal = torch.tensor(np.array(focal, np.float32)).reshape(-1)
-    b = c2w.shape[0]
-    modes = (torch.full((b,), ALBEDO) if modes is None
-             else torch.tensor(np.array(modes, np.int64)))
-    lights = c2w[:, :3, 3] if lights is None else torch.tensor(np.array(lights, np.float32))
-    with torch.no_grad():
+    with self.device, torch.no_grad():
+      c2w = torch.tensor(np.array(c2w, np.float32))
+      focal = torch.tensor(np.array(focal, np.float32)).reshape(-1)
+      b = c2w.shape[0]
+      modes = (torch.full((b,), ALBEDO) if modes is None
+               else torch.tensor(np.array(modes, np.int64)))
+      lights = c2w[:, :3, 3] if lights is None else torch.tensor(np.array(lights, np.float32))
       rgb, out, _ = self.render_views(c2w, focal, modes, lights, randomized, create_graph=False)
     rend = self.spec['render']
     acc = out['acc'].reshape(b, rend['height'], rend['width'])
-    return {'rgb': rgb.detach().numpy(), 'acc': acc.detach().numpy()}
+    return {'rgb': rgb.detach().cpu().numpy(), 'acc': acc.detach().cpu().numpy()}
 
   def to_model_space(self, images):
     """z [B, C, h, w] of images [B, H, W, 3] in [0, 1]: 2x - 1, or its VAE mean x scale."""
@@ -712,6 +722,11 @@ class TorchDreamFusion:
     As steps.dreamfusion_step, a step whose loss or gradient norm is not finite applies no
     update (the step count still advances).
     """
+    with self.device:
+      return self._step()
+
+  def _step(self):
+    """step()'s work, with self.device the default device."""
     spec, s = self.spec, self.step_count
     b, rend = spec['batch_size'], spec['render']
     cams = sample_cameras(self.generator, b, rend['width'], spec['camera'])
@@ -766,7 +781,7 @@ def _copy_norm(norm, tree):
   norm.bias.copy_(_tensor(tree['bias']))
 
 
-def time_torch_step(spec, num_steps, seed=0, threads=None, dtype=torch.float32):
+def time_torch_step(spec, num_steps, seed=0, threads=None, dtype=torch.float32, device='cpu'):
   """Times TorchDreamFusion.step.
 
   Args:
@@ -775,6 +790,7 @@ def time_torch_step(spec, num_steps, seed=0, threads=None, dtype=torch.float32):
     seed: int seed of the weights and the draws.
     threads: torch.set_num_threads(threads) when given.
     dtype: the UNet's and VAE's dtype.
+    device: where the step runs ('cpu', 'cuda').
 
   Returns:
     dict(first_step_s=..., steps_per_s=..., loss=...): the first step timed on its own, then
@@ -782,15 +798,23 @@ def time_torch_step(spec, num_steps, seed=0, threads=None, dtype=torch.float32):
   """
   if threads:
     torch.set_num_threads(threads)
-  model = TorchDreamFusion(spec, seed=seed, dtype=dtype)
+  model = TorchDreamFusion(spec, seed=seed, dtype=dtype, device=device)
   start = time.perf_counter()
   loss = model.step()
+  synchronize(model.device)
   first_step_s = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(num_steps):
     loss = model.step()
+  synchronize(model.device)
   steps_per_s = num_steps / (time.perf_counter() - start) if num_steps else float('nan')
   return dict(first_step_s=first_step_s, steps_per_s=steps_per_s, loss=loss)
+
+
+def synchronize(device):
+  """Waits for the work queued on a CUDA device (the Adam update is queued after the loss)."""
+  if torch.device(device).type == 'cuda':
+    torch.cuda.synchronize(device)
 
 
 def get_config(full=False, batch_size=None):
@@ -802,26 +826,38 @@ def get_config(full=False, batch_size=None):
   return common.get_config('dreamfusion', overrides)
 
 
+def model_spec(config, model):
+  """make_spec for a model named as in common.MODELS ('tiny-latent', 'tiny-pixel', 'sd21')."""
+  import tiny_models  # pylint: disable=g-import-not-at-top
+  if model == 'sd21':
+    import sds_grad  # pylint: disable=g-import-not-at-top
+    return make_spec(config, sds_grad.SD21_UNET, sds_grad.SD21_VAE, 1024, 77)
+  pixel = model == 'tiny-pixel'
+  return make_spec(config, tiny_models.unet_config(pixel),
+                   None if pixel else tiny_models.vae_config(), tiny_models.TEXT_WIDTH,
+                   tiny_models.TOKEN_LENGTH, scheduler=tiny_models.SCHEDULER)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--model', default='tiny-latent', choices=('tiny-latent', 'tiny-pixel'))
+  parser.add_argument('--model', default='tiny-latent', choices=('tiny-latent', 'tiny-pixel', 'sd21'),
+                      help='sd21: random weights with Stable Diffusion 2.1-base shapes')
   parser.add_argument('--full', action='store_true', help='the config as shipped (paper size)')
   parser.add_argument('--batch_size', type=int, default=None, help='views per step (paper: 4)')
   parser.add_argument('--steps', type=int, default=10, help='steps timed after the first')
   parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                       help='UNet and VAE dtype (the NeRF stays float32)')
+  parser.add_argument('--device', default='cpu', help="torch device ('cpu', 'cuda')")
   args = parser.parse_args()
-  import tiny_models  # pylint: disable=g-import-not-at-top
-  pixel = args.model == 'tiny-pixel'
   config = get_config(args.full, args.batch_size)
-  spec = make_spec(config, tiny_models.unet_config(pixel),
-                   None if pixel else tiny_models.vae_config(), tiny_models.TEXT_WIDTH,
-                   tiny_models.TOKEN_LENGTH, scheduler=tiny_models.SCHEDULER)
+  spec = model_spec(config, args.model)
   result = time_torch_step(spec, args.steps, threads=args.threads,
-                           dtype=getattr(torch, args.dtype))
+                           dtype=getattr(torch, args.dtype), device=args.device)
   rend, net = spec['render'], spec['nerf']
-  print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
+  where = (torch.cuda.get_device_name(args.device) if torch.device(args.device).type == 'cuda'
+           else f'{torch.get_num_threads()} threads')
+  print(f'torch {torch.__version__}, {where}')
   print('| model | dtype | views/step | render | samples | MLP | first step s | steps/s |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- |')
   print(f'| {args.model} (PyTorch) | {args.dtype} | {spec["batch_size"]} | {rend["height"]} px '

@@ -508,10 +508,16 @@ def init_dreamfusion_state(config, model, background_model, optimizer):
   """A fresh TrainState with params {'nerf', 'background'} from config.seed."""
   key = jax.random.key(config.seed)
   key_nerf, key_bg = jax.random.split(jax.random.fold_in(key, 2**31 - 1))
-  x = jnp.zeros((1, 3))
-  params = {'nerf': model.init(key_nerf, x, x), 'background': background_model.init(key_bg, x)}
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=optimizer.init(params), key=key)
+
+  @jax.jit  # One compile for the whole initialisation, not one per operation.
+  def init(key_nerf, key_bg):
+    x = jnp.zeros((1, 3))
+    params = {'nerf': model.init(key_nerf, x, x),
+              'background': background_model.init(key_bg, x)}
+    return params, optimizer.init(params)
+  params, opt_state = init(key_nerf, key_bg)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                           key=key)
   # Committed to a device like the step's outputs, so the second call does not compile again.
   return jax.device_put(state, jax.local_devices()[0])
 

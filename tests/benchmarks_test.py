@@ -78,3 +78,51 @@ def test_two_unet_calls_predict_the_same_noise(model):
     separate = diffusion.predict_noise(z, k, emb, 7.5)
   np.testing.assert_allclose(separate, batched, rtol=1e-4, atol=1e-4)  # Guidance 7.5x.
   assert not np.allclose(diffusion.predict_noise(z, k, emb, 1.0), batched)
+
+
+def _compiles(fn):
+  """(fn's result, how many XLA programs it compiled)."""
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **__: events.append(event)
+      if event == '/jax/core/compile/backend_compile_duration' else None)
+  result = jax.block_until_ready(fn())
+  return result, len(events)
+
+
+def test_random_weights_compile_nothing():
+  import diffusers  # pylint: disable=g-import-not-at-top
+  import sds_grad  # pylint: disable=g-import-not-at-top
+  import tiny_models  # pylint: disable=g-import-not-at-top
+  tiny_models.quiet()
+  unet = diffusers.FlaxUNet2DConditionModel.from_config(tiny_models.unet_config(False))
+  jax.random.PRNGKey(0)  # Its one small compile, before counting.
+  params, compiles = _compiles(lambda: sds_grad.random_params(unet, jnp.bfloat16, 3))
+  assert compiles == 0  # On a GPU every compile costs seconds (benchmarks/NOTES.md, item 9).
+  want = jax.eval_shape(unet.init_weights, jax.random.PRNGKey(0))
+  assert jax.tree.structure(params) == jax.tree.structure(want)
+  leaves = jax.tree.leaves(params)
+  assert all(p.shape == w.shape and p.dtype == jnp.bfloat16
+             for p, w in zip(leaves, jax.tree.leaves(want)))
+  flat = np.concatenate([np.asarray(p, np.float32).ravel() for p in leaves])
+  assert abs(flat.std() - 0.02) < 1e-3
+  again = sds_grad.random_params(unet, jnp.bfloat16, 3)
+  assert all(np.array_equal(a, b) for a, b in zip(leaves, jax.tree.leaves(again)))
+
+
+def test_setup_on_the_host_then_on_the_device(model):
+  diffusion, _, _ = model
+  # The model was loaded under on_host() and then put on the default device, committed.
+  for leaf in jax.tree.leaves(diffusion):
+    assert leaf.devices() == {jax.local_devices()[0]} and leaf.committed
+  with common.on_host():
+    x = jnp.ones(3)
+  assert x.devices() == {jax.devices('cpu')[0]} and not x.committed
+
+
+def test_run_rejects_an_unknown_section(monkeypatch, capsys):
+  import run  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'argv', ['run.py', '--sections', 'step,speed'])
+  with pytest.raises(SystemExit):
+    run.main()
+  assert "unknown --sections ['speed']" in capsys.readouterr().err

@@ -197,6 +197,23 @@ def test_training_steps_update_the_nerf(pixel):
   assert all(p.grad is None for p in frozen)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_the_step_on_a_gpu_keeps_everything_there():
+  gpu = torch_step.TorchDreamFusion(make_spec(small_config()), seed=3, device='cuda')
+  assert np.isfinite(gpu.step())
+  tensors = list(gpu.nerf.parameters()) + list(gpu.unet.parameters()) + [gpu.cond]
+  assert all(t.device.type == 'cuda' for t in tensors)
+  assert all(p.grad.device.type == 'cuda' for p in gpu.params)
+  cpu = torch_step.TorchDreamFusion(make_spec(small_config()), seed=3)
+  gpu.nerf.load_state_dict(cpu.nerf.state_dict())
+  gpu.background.load_state_dict(cpu.background.state_dict())
+  cameras = torch_step.sample_cameras(torch.Generator().manual_seed(0), 2, 8,
+                                      make_spec(small_config())['camera'])
+  want = cpu.render(cameras['c2w'].numpy(), cameras['focal'].numpy())['rgb']
+  got = gpu.render(cameras['c2w'].numpy(), cameras['focal'].numpy())['rgb']
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_sds_gradient_alone_reaches_the_nerf():
   """Without the regularisers the NeRF's gradient comes through the VAE and the resize only."""
   config = small_config()

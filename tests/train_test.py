@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from configs import dreamfusion as dreamfusion_config
 from dreamfusion_jax import camera
 from dreamfusion_jax import checkpoint
 from dreamfusion_jax import losses
@@ -499,3 +500,18 @@ def test_pixel_config_requires_a_model(tmp_path):
   from configs import dreamfusion_pixel  # pylint: disable=g-import-not-at-top
   with pytest.raises(train.ConfigError, match='config.model is empty'):
     train.validate_config(dreamfusion_pixel.get_config(), tmp_path / 'run')
+
+
+def test_initial_state_is_one_program_equal_to_eager_init():
+  config = dreamfusion_config.get_config()
+  net, bg, opt = train.make_nerf(config), train.make_background(config), train.make_optimizer(config)
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **__: events.append(event)
+      if event == '/jax/core/compile/backend_compile_duration' else None)
+  state = train.init_dreamfusion_state(config, net, bg, opt)
+  assert len(events) <= 12  # The init program and a few key ops (8 in a fresh process; 96 eagerly).
+  key_nerf, key_bg = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
+  x = jnp.zeros((1, 3))
+  eager = {'nerf': net.init(key_nerf, x, x), 'background': bg.init(key_bg, x)}
+  assert jax.tree.all(jax.tree.map(np.array_equal, state.params, eager))
