@@ -1,13 +1,14 @@
 #!/bin/bash
 # Every GPU benchmark in one session, most important first, each part time-boxed so that one
-# slow compile cannot cost the rest (about 8 minutes on one H100/H200):
+# slow compile cannot cost the rest (all within TOTAL_S, 480 s by default):
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]     # the tables; each part's full output in OUT_DIR/*.txt
 #   PARTS_S=60 bash benchmarks/gpu.sh    # a shorter limit per part (default 150 s)
 #   TOTAL_S=300 SKIP="info smoke" bash benchmarks/gpu.sh   # all parts within 300 s, two skipped
 #   MODEL=tiny-latent bash benchmarks/gpu.sh  # a rehearsal of every part on tiny models (any CPU)
 #
-# Timed, one after the other: the device and the stack's versions; a tiny step (does the stack
+# Timed, one after the other: the device and the stack's versions; 20 small compiles with and
+# without host_memory.keep_freed_memory(); a tiny step (does the stack
 # work at all); the step table of the paper config with SD-2.1-base shapes in bfloat16 (4 views;
 # its peak memory in use); its breakdown; JAX vs PyTorch (eager, diffusers' torch UNet and VAE)
 # on that step, both on this GPU; the pixel and toy configs' steps; `run.py --quick`.
@@ -38,7 +39,7 @@ show() {  # show NAME RC: the tables of a part's output, or its last lines where
   if [[ $1 == info ]]; then
     cat "$out/$1.txt"
   elif (($2 == 0)); then
-    grep -E '^(\||device|largest|jax_vs|torch |##)' "$out/$1.txt"
+    grep -E '^(\||device|largest|jax_vs|torch |##|keep|default)' "$out/$1.txt"
   else
     grep -v -e 'Warning' -e 'warn(' -e '^ *$' "$out/$1.txt" | tail -n 25
   fi
@@ -66,6 +67,17 @@ part info 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,cl
 print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \"optax\", \
 optax.__version__, \"diffusers\", diffusers.__version__, \"transformers\", \
 transformers.__version__, \"torch\", torch.__version__)'"
+
+# 20 small programs compiled with and without host_memory.keep_freed_memory() (one malloc
+# arena for every thread): on the H200 of benchmarks/NOTES.md item 9 each compile cost seconds.
+probe="import sys, time; from dreamfusion_jax import host_memory
+if sys.argv[1] == 'keep': host_memory.keep_freed_memory()
+import jax, jax.numpy as jnp
+x = jnp.ones(8); jax.block_until_ready(x + 1)
+start = time.perf_counter()
+for n in range(20): jax.block_until_ready(jax.jit(lambda v: jnp.sin(v) * n)(jnp.ones(n + 1)))
+print(sys.argv[1], f'malloc: 20 small compiles in {time.perf_counter() - start:.2f} s')"
+part compile_probe 120 bash -c "$py -c \"$probe\" keep; $py -c \"$probe\" default"
 
 memory_rc=skipped
 if [[ $skip != *" memory "* ]]; then
