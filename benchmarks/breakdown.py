@@ -59,7 +59,6 @@ def parts(config, diffusion, text):
               + 1e-3 * losses.opacity(out.acc))
     return jax.value_and_grad(loss)(params)
 
-
   @jax.jit
   def vae(d, x):
     def encode(x):

@@ -828,10 +828,10 @@ def get_config(full=False, batch_size=None):
 
 def model_spec(config, model):
   """make_spec for a model named as in common.MODELS ('tiny-latent', 'tiny-pixel', 'sd21')."""
-  import tiny_models  # pylint: disable=g-import-not-at-top
   if model == 'sd21':
     import sds_grad  # pylint: disable=g-import-not-at-top
     return make_spec(config, sds_grad.SD21_UNET, sds_grad.SD21_VAE, 1024, 77)
+  import tiny_models  # pylint: disable=g-import-not-at-top
   pixel = model == 'tiny-pixel'
   return make_spec(config, tiny_models.unet_config(pixel),
                    None if pixel else tiny_models.vae_config(), tiny_models.TEXT_WIDTH,

@@ -15,10 +15,24 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # Before JAX is imported.
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
+import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
 from dreamfusion_jax.data import synthetic  # pylint: disable=wrong-import-position
+
+
+_COMPILE_EVENTS = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **_: _COMPILE_EVENTS.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
+@pytest.fixture
+def compiles():
+  """A function returning how many XLA programs were compiled since the test started."""
+  start = len(_COMPILE_EVENTS)
+  return lambda: len(_COMPILE_EVENTS) - start
 
 
 @pytest.fixture(scope='session')
