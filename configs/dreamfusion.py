@@ -132,6 +132,9 @@ def get_config():
   config.nerf.dir_max_deg = 0  # Albedo is view independent.
   config.nerf.grid_resolutions = (16, 32, 64, 128)  # Only used by encoding='grid'.
   config.nerf.grid_features = 4
+  # Normals: 0 = the analytic density gradient (paper); > 0 = finite differences of log density
+  # over this radius, smoother (not in the paper).
+  config.nerf.normal_eps = 0.0
 
   config.background = ml_collections.ConfigDict()
   config.background.width = 32

@@ -80,6 +80,9 @@ def validate_config(config, workdir):
   _require(config.nerf.width > 0 and config.nerf.num_blocks >= 0,
            f'config.nerf.width={config.nerf.width} must be > 0 and config.nerf.num_blocks='
            f'{config.nerf.num_blocks} >= 0')
+  _require(config.nerf.get('normal_eps', 0.0) >= 0,
+           f'config.nerf.normal_eps={config.nerf.get("normal_eps")} must be >= 0 (0: the analytic '
+           'density gradient)')
   if config.method == 'nerf':
     _validate_data(config.data)
     num_devices(config)

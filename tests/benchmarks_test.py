@@ -57,6 +57,28 @@ def test_breakdown_parts_are_measured_with_their_flops(model):
   assert '| sum of parts |' in breakdown.table(rows)
 
 
+def test_breakdown_flops_only_counts_the_same_flops_and_runs_nothing(model, monkeypatch):
+  diffusion, text, _ = model
+  config = common.get_config('dreamfusion', TINY)
+  timed = breakdown.measure(config, diffusion, text, repeats=1)
+
+  def no_timing(*args):
+    raise AssertionError(f'flops_only timed {args[0]}')
+
+  monkeypatch.setattr(common, 'time_calls', no_timing)
+  counted = breakdown.measure(config, diffusion, text, repeats=1, flops_only=True)
+  assert [r[0] for r in counted] == [r[0] for r in timed]
+  assert all(r[2] is None and r[4] is None for r in counted)
+  for (_, _, _, want, _), (_, _, _, got, _) in zip(timed, counted):
+    assert got == pytest.approx(want, rel=1e-6)
+  table = breakdown.table(counted)
+  assert '| part | compile s | GFLOP | share of parts |' in table and '| sum of parts |' in table
+  # 25 steps/s of a 100 GFLOP step on a 5 TFLOP/s chip: 2.5 TFLOP/s, 50%; the peak allows 50.
+  lines = breakdown.implied(100.0, 25.0, 5.0)
+  assert lines[0] == '25 steps/s x 100.0 GFLOP = 2.5 TFLOP/s = 50.0% of a 5 TFLOP/s peak'
+  assert lines[2] == '100% of that peak: 50.0 steps/s'
+
+
 def test_planned_memory_grows_with_views_and_falls_with_remat_chunks(model):
   diffusion, text, _ = model
   size = dict(TINY, **{'render.height': 16, 'render.width': 16, 'render.num_samples': (16, 16),

@@ -496,6 +496,13 @@ def test_pixel_config_requires_a_model(tmp_path):
     train.validate_config(dreamfusion_pixel.get_config(), tmp_path / 'run')
 
 
+def test_negative_normal_eps_is_refused(tmp_path):
+  config = dreamfusion_config.get_config()
+  config.nerf.normal_eps = -0.01
+  with pytest.raises(train.ConfigError, match='config.nerf.normal_eps=-0.01 must be >= 0'):
+    train.validate_config(config, tmp_path / 'run')
+
+
 def test_initial_state_is_one_program_equal_to_eager_init(compiles):
   config = dreamfusion_config.get_config()
   net, bg, opt = train.make_nerf(config), train.make_background(config), train.make_optimizer(config)
