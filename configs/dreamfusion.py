@@ -90,6 +90,9 @@ def get_config():
   config.camera.azimuth_range_deg = (0.0, 360.0)  # [likely]
   config.camera.distance_range = (1.0, 1.5)  # [likely], scene-scale dependent.
   config.camera.focal_range = (0.7, 1.35)  # [likely] focal = U(0.7, 1.35) x width.
+  # Share of cameras whose elevation is uniform over the sphere's area instead of in angle (fewer
+  # near the pole); [code] stable-dreamfusion's uniform_sphere_rate, 0 in the paper.
+  config.camera.uniform_sphere_rate = 0.0
 
   config.shading = ml_collections.ConfigDict()
   config.shading.modes = ('albedo', 'lambertian', 'textureless')

@@ -154,11 +154,14 @@ def generate_rays(c2w, focal, height, width):
 
 def sample_cameras(key, batch_size, *, width, elevation_range_deg=(-10.0, 90.0),
                    azimuth_range_deg=(0.0, 360.0), distance_range=(1.0, 1.5),
-                   focal_range=(0.7, 1.35), target=(0.0, 0.0, 0.0)):
+                   focal_range=(0.7, 1.35), target=(0.0, 0.0, 0.0), uniform_sphere_rate=0.0):
   """Draws random cameras looking at `target` from DreamFusion's distribution.
 
   Elevation, azimuth and distance are uniform in their ranges; the focal length is uniform in
-  `focal_range` times the image width (DreamFusion Appendix A, via PAPER.md).
+  `focal_range` times the image width (DreamFusion Appendix A, via PAPER.md). With
+  uniform_sphere_rate > 0, that share of the cameras instead draws its elevation uniformly over
+  the area of the sphere's band (sin(elevation) uniform), which puts fewer cameras near the pole
+  (stable-dreamfusion's option of that name; not in the paper).
 
   Args:
     key: a PRNG key.
@@ -169,6 +172,8 @@ def sample_cameras(key, batch_size, *, width, elevation_range_deg=(-10.0, 90.0),
     distance_range: (low, high) camera distance from `target`.
     focal_range: (low, high) focal length as a multiple of `width`.
     target: float [3] point every camera looks at.
+    uniform_sphere_rate: probability in [0, 1] of an elevation uniform in area; 0 draws exactly
+      what the paper's distribution draws.
 
   Returns:
     Cameras with arrays of leading size B.
@@ -179,6 +184,13 @@ def sample_cameras(key, batch_size, *, width, elevation_range_deg=(-10.0, 90.0),
     return jax.random.uniform(k, (batch_size,), jnp.float32, bounds[0], bounds[1])
 
   elevation = uniform(key_el, elevation_range_deg)
+  if uniform_sphere_rate > 0:  # New keys only here: rate 0 keeps the paper's draws bit for bit.
+    key_area, key_pick = jax.random.split(jax.random.fold_in(key_el, 1))
+    sines = jnp.sin(jnp.deg2rad(jnp.asarray(elevation_range_deg, jnp.float32)))
+    by_area = jnp.rad2deg(jnp.arcsin(uniform(key_area, sines)))
+    by_area = jnp.clip(by_area, *elevation_range_deg)  # arcsin's rounding.
+    pick = jax.random.uniform(key_pick, (batch_size,)) < uniform_sphere_rate
+    elevation = jnp.where(pick, by_area, elevation)
   azimuth = jnp.mod(uniform(key_az, azimuth_range_deg), 360.0)
   distance = uniform(key_dist, distance_range)
   focal = uniform(key_focal, focal_range) * width

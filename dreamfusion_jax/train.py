@@ -220,6 +220,9 @@ def _validate_dreamfusion(config):
   _ordered(config, 'camera.azimuth_range_deg')
   _ordered(config, 'camera.distance_range', 0.0)
   _ordered(config, 'camera.focal_range', 0.0)
+  _require(0.0 <= config.camera.get('uniform_sphere_rate', 0.0) <= 1.0,
+           f'config.camera.uniform_sphere_rate={config.camera.get("uniform_sphere_rate")} must '
+           'lie in [0, 1] (the share of cameras whose elevation is uniform in area)')
   shade = config.shading
   for mode in tuple(shade.modes) + (shade.warmup_mode,):
     _require(mode in shading.MODES, f'unknown shading mode {mode!r} in config.shading: choose '
@@ -419,7 +422,8 @@ def make_sds_settings(config):
   ranges = (('elevation_range_deg', tuple(cam.elevation_range_deg)),
             ('azimuth_range_deg', tuple(cam.azimuth_range_deg)),
             ('distance_range', tuple(cam.distance_range)),
-            ('focal_range', tuple(cam.focal_range)))
+            ('focal_range', tuple(cam.focal_range)),
+            ('uniform_sphere_rate', float(cam.get('uniform_sphere_rate', 0.0))))
   return steps.SDSSettings(
       batch_size=config.batch_size, height=config.render.height, width=config.render.width,
       camera_ranges=ranges,

@@ -19,7 +19,8 @@ look_at = jit(camera.look_at)
 generate_rays = jit(camera.generate_rays, static_argnums=(2, 3))
 sample_cameras = jit(camera.sample_cameras,
                      static_argnames=('batch_size', 'width', 'elevation_range_deg',
-                                      'azimuth_range_deg', 'distance_range', 'focal_range'))
+                                      'azimuth_range_deg', 'distance_range', 'focal_range',
+                                      'uniform_sphere_rate'))
 orbit_cameras = jit(camera.orbit_cameras, static_argnums=0)
 view_labels = jit(camera.view_labels)
 
@@ -204,6 +205,26 @@ def test_sample_cameras_ranges_geometry_and_keys():
       [cams.c2w[:, :3, 2:], cams.focal, cams.elevation_deg, cams.azimuth_deg, cams.distance],
       [other.c2w[:, :3, 2:], other.focal, other.elevation_deg, other.azimuth_deg, other.distance]):
     assert np.mean(np.asarray(a) != np.asarray(b)) > 0.99
+
+
+def test_uniform_sphere_rate_moves_cameras_off_the_pole():
+  n, key = 8000, jax.random.PRNGKey(5)
+  paper = sample_cameras(key, batch_size=n, width=32)
+  chex.assert_trees_all_equal(paper, sample_cameras(key, batch_size=n, width=32,
+                                                    uniform_sphere_rate=0.0))
+  overhead = {}
+  for rate in (0.5, 1.0):
+    cams = sample_cameras(key, batch_size=n, width=32, uniform_sphere_rate=rate)
+    el = np.asarray(cams.elevation_deg, np.float64)
+    assert np.all((el >= -10.0) & (el <= 90.0))
+    np.testing.assert_allclose(np.asarray(cams.azimuth_deg), np.asarray(paper.azimuth_deg))
+    _check_pose(np.asarray(cams.c2w, np.float64), np.asarray(cams.c2w, np.float64)[:, :3, 3],
+                np.zeros((n, 3)))
+    overhead[rate] = np.mean(el > 60.0)
+  # Above 60 deg: 30/100 of the angle range; (1 - sin 60) / (1 + sin 10) = 0.114 of the area.
+  assert abs(np.mean(np.asarray(paper.elevation_deg) > 60.0) - 0.300) < 0.02
+  assert abs(overhead[1.0] - 0.114) < 0.015
+  assert abs(overhead[0.5] - 0.207) < 0.02
 
 
 def test_sample_cameras_straight_overhead():

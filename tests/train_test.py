@@ -496,10 +496,14 @@ def test_pixel_config_requires_a_model(tmp_path):
     train.validate_config(dreamfusion_pixel.get_config(), tmp_path / 'run')
 
 
-def test_negative_normal_eps_is_refused(tmp_path):
+@pytest.mark.parametrize('field, value, message', [
+    ('nerf.normal_eps', -0.01, 'config.nerf.normal_eps=-0.01 must be >= 0'),
+    ('camera.uniform_sphere_rate', 1.5, r'config.camera.uniform_sphere_rate=1.5 must lie in \[0, 1\]'),
+])
+def test_impossible_sampling_values_are_refused(tmp_path, field, value, message):
   config = dreamfusion_config.get_config()
-  config.nerf.normal_eps = -0.01
-  with pytest.raises(train.ConfigError, match='config.nerf.normal_eps=-0.01 must be >= 0'):
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(train.ConfigError, match=message):
     train.validate_config(config, tmp_path / 'run')
 
 
