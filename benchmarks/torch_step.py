@@ -57,6 +57,8 @@ def _check_supported(config):
       'nerf.encoding != ipe': config.nerf.encoding != 'ipe',
       'nerf.dir_max_deg > 0': config.nerf.dir_max_deg > 0,
       'loss.smoothness_weight > 0': config.loss.get('smoothness_weight', 0.0) > 0,
+      'nerf.normal_eps > 0': config.nerf.get('normal_eps', 0.0) > 0,
+      'camera.uniform_sphere_rate > 0': config.camera.get('uniform_sphere_rate', 0.0) > 0,
       'loss.transmittance_weight > 0': config.loss.get('transmittance_weight', 0.0) > 0,
       'clip.weight > 0': 'clip' in config and config.clip.weight > 0,
   }

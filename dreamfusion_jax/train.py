@@ -506,7 +506,9 @@ def make_dreamfusion_step(config, model, background_model, optimizer, donate=Tru
 def run_metadata(config):
   """What a checkpoint must agree with to be resumed: the shapes of everything trained."""
   meta = {'method': config.method, 'optim.grad_clip_enabled': config.optim.grad_clip > 0}
-  meta.update({f'nerf.{k}': v for k, v in config.nerf.items()})
+  # normal_eps changes how normals are computed, not what is trained: runs from before it existed
+  # resume, and either setting can continue the other's NeRF.
+  meta.update({f'nerf.{k}': v for k, v in config.nerf.items() if k != 'normal_eps'})
   meta.update({f'background.{k}': v for k, v in config.background.items()})
   return json.loads(json.dumps(meta))  # Tuples become lists, as they come back from disk.
 

@@ -262,6 +262,14 @@ def test_make_spec_reads_the_config():
   config.nerf.encoding = 'grid'
   with pytest.raises(ValueError, match='encoding'):
     make_spec(config)
+  config.nerf.encoding = 'ipe'
+  config.nerf.normal_eps = 0.01
+  with pytest.raises(ValueError, match='normal_eps'):
+    make_spec(config)
+  config.nerf.normal_eps = 0.0
+  config.camera.uniform_sphere_rate = 0.5
+  with pytest.raises(ValueError, match='uniform_sphere_rate'):
+    make_spec(config)
 
 
 def test_get_config_is_cpu_sized_unless_full():

@@ -507,6 +507,15 @@ def test_impossible_sampling_values_are_refused(tmp_path, field, value, message)
     train.validate_config(config, tmp_path / 'run')
 
 
+def test_normal_eps_is_not_part_of_what_a_checkpoint_must_match():
+  config = dreamfusion_config.get_config()
+  smooth = dreamfusion_config.get_config()
+  smooth.nerf.normal_eps = 0.02
+  assert train.run_metadata(smooth) == train.run_metadata(config)
+  smooth.nerf.width = 64
+  assert train.run_metadata(smooth) != train.run_metadata(config)
+
+
 def test_initial_state_is_one_program_equal_to_eager_init(compiles):
   config = dreamfusion_config.get_config()
   net, bg, opt = train.make_nerf(config), train.make_background(config), train.make_optimizer(config)
