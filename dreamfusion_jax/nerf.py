@@ -256,7 +256,8 @@ def field_fn(model, params, *, with_normals):
   """Wraps a NeRF and its parameters as the renderer's field function.
 
   Args:
-    model: a NeRF module.
+    model: a NeRF module, or any module with its call signature and dir_max_deg (normal_eps is
+      read when present, else 0).
     params: its variables ({'params': ...}).
     with_normals: whether to compute normals (doubles the cost of the backward pass).
 
@@ -273,7 +274,7 @@ def field_fn(model, params, *, with_normals):
       density, albedo = apply(means, variances, dirs)
       return FieldSamples(density=density, albedo=albedo)
     density, normals, albedo = normals_from_density(
-        lambda m: apply(m, variances, dirs), means, eps=model.normal_eps)
+        lambda m: apply(m, variances, dirs), means, eps=getattr(model, 'normal_eps', 0.0))
     return FieldSamples(density=density, albedo=albedo, normals=normals)
 
   return evaluate
