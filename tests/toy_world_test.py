@@ -56,6 +56,35 @@ def test_every_object_is_framed_by_the_paper_cameras():
     assert min(coverage) > 10  # Never out of view or a speck.
 
 
+def test_target_jitter_moves_objects_off_centre_and_zero_keeps_the_paper_views():
+  key = jax.random.key(4)
+  plain = world.sample_views(key, 16, 32)
+  same = world.sample_views(key, 16, 32, target_jitter=0.0)
+  jittered = world.sample_views(key, 16, 32, target_jitter=0.06)
+  for name in plain:
+    np.testing.assert_array_equal(plain[name], same[name])
+  # Same orbit angles, distances and lenses; only where the cameras look moves.
+  for name in ('focal', 'elevation_deg', 'azimuth_deg'):
+    np.testing.assert_array_equal(plain[name], jittered[name])
+  targets = [np.asarray(v['c2w'][:, :3, 3]) - np.asarray(camera.spherical_to_position(
+      v['elevation_deg'], v['azimuth_deg'], np.linalg.norm(plain['c2w'][:, :3, 3], axis=-1)))
+             for v in (plain, jittered)]
+  np.testing.assert_allclose(targets[0], 0.0, atol=1e-5)
+  assert np.all(np.abs(targets[1]) <= 0.06 + 1e-5) and np.abs(targets[1]).max() > 0.03
+
+  def centroids(views):  # Silhouette centres in pixels from the image centre.
+    out = []
+    for i in range(16):
+      alpha = world.render_view('red', 'sphere', views['c2w'][i], float(views['focal'][i]),
+                                32)[1]
+      rows, cols = np.mgrid[:32, :32] + 0.5
+      out.append([np.sum(alpha * rows) / alpha.sum() - 16, np.sum(alpha * cols) / alpha.sum() - 16])
+    return np.abs(np.asarray(out))
+
+  assert centroids(plain).max() < 0.05
+  assert centroids(jittered).max() > 0.5
+
+
 def test_heldout_prompts_are_kept_out_but_their_words_are_seen():
   assert toy.HELDOUT == world.HELDOUT and len(set(world.HELDOUT)) == 5
   assert set(world.HELDOUT) <= set(world.PROMPTS)

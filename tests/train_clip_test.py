@@ -105,18 +105,36 @@ def test_recoloured_shapes_keep_away_from_their_heldout_hues():
       assert max(d for d in signed if d < 0) > -nearest_seen - 10.0, (text, color)
 
 
+def test_saturate_pushes_channels_to_their_extremes_and_keeps_the_nearest_colour():
+  colors = jnp.asarray(list(world.COLORS.values()), jnp.float32)  # [6, 3]
+  np.testing.assert_allclose(train_clip.saturate(colors, jnp.ones(6)), colors, atol=1e-7)
+  # SDS's saturated blue cone and yellow sphere are the toy colours stretched by 2.5.
+  stretched = np.asarray(train_clip.saturate(colors, jnp.full(6, 2.5)))
+  np.testing.assert_allclose(stretched[list(world.COLORS).index('blue')], [0, 0, 1], atol=1e-6)
+  np.testing.assert_allclose(stretched[list(world.COLORS).index('yellow')], [1, 1, 0], atol=1e-6)
+  assert np.all((stretched >= 0) & (stretched <= 1))
+  # Contrast grows (farther from mid-grey) and every colour keeps its name.
+  assert np.all(np.abs(stretched - 0.5) >= np.abs(np.asarray(colors) - 0.5) - 1e-7)
+  for name, rgb in zip(world.COLORS, stretched):
+    nearest = min(world.COLORS, key=lambda c: train_clip.hue_gap_deg(
+        train_clip.hue_deg(world.COLORS[c]), train_clip.hue_deg(rgb)))
+    assert nearest == name
+
+
 def test_short_training_writes_a_loadable_clip(tmp_path):
   augmentation = train_clip.Augmentation(zoom=0.1, shift_px=1.0, blur_px=0.8, noise=0.02,
-                                         gamma=1.5)
+                                         gamma=1.5, saturation=2.0)
   info = train_clip.train(tmp_path / 'clip', steps=4, groups=1, views_per_prompt=2,
                           eval_views=2, resolution=16, patch_size=8, lr=1e-3, weight_decay=0.05,
                           attribute_weight=0.5, recolor_weight=4.0, recolor_groups=1,
-                          ema_decay=0.9, seed=0, eval_every=4, augmentation=augmentation)
+                          ema_decay=0.9, seed=0, eval_every=4, augmentation=augmentation,
+                          target_jitter=0.05)
   assert info['steps'] == 4 and np.isfinite(info['final_loss'])
   assert set(info['heldout_per_prompt']) == set(world.HELDOUT)
   saved = json.loads((tmp_path / 'clip' / 'training.json').read_text())
   assert saved['args']['augmentation'] == {'zoom': 0.1, 'shift_px': 1.0, 'blur_px': 0.8,
-                                           'noise': 0.02, 'gamma': 1.5}
+                                           'noise': 0.02, 'gamma': 1.5, 'saturation': 2.0}
+  assert saved['args']['target_jitter'] == 0.05
   model = clip.Clip.from_pretrained(tmp_path / 'clip')
   assert model.image_size == 16
   assert model.embed_text(list(world.PROMPTS)).shape[0] == len(world.PROMPTS)

@@ -120,20 +120,27 @@ def render_view(color, shape, c2w, focal, size, light=None, supersample=2):
   return np.clip(rgb, 0.0, 1.0).astype(np.float32), alpha.astype(np.float32)
 
 
-def sample_views(key, num_views, size):
+def sample_views(key, num_views, size, target_jitter=0.0):
   """Cameras, point lights and view labels drawn like DreamFusion's training views.
 
   Args:
     key: a PRNG key.
     num_views: int N.
     size: int image width (focal lengths scale with it).
+    target_jitter: float j >= 0; each camera looks at a point drawn uniformly from the cube
+      [-j, j]^3 instead of the origin, so the object appears off the image centre (as a NeRF
+      that grew off the origin does). 0 draws exactly DreamFusion's views.
 
   Returns:
     dict of NumPy arrays: c2w float32 [N, 4, 4], focal float32 [N], light float32 [N, 3],
     label int32 [N] (camera.VIEW_NAMES index), elevation_deg and azimuth_deg float32 [N].
   """
   key_cam, key_light = jax.random.split(key)
-  cams = camera.sample_cameras(key_cam, num_views, width=size, **CAMERA_RANGES)
+  target = np.zeros(3, np.float32)
+  if target_jitter > 0:  # A new key only here: 0 keeps the earlier draws bit for bit.
+    target = jax.random.uniform(jax.random.fold_in(key_cam, 1), (num_views, 3),
+                                minval=-target_jitter, maxval=target_jitter)
+  cams = camera.sample_cameras(key_cam, num_views, width=size, target=target, **CAMERA_RANGES)
   lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, num_views),
                                           cams.c2w[:, :3, 3])
   labels = camera.view_labels(cams.elevation_deg, cams.azimuth_deg)
@@ -142,7 +149,7 @@ def sample_views(key, num_views, size):
       elevation_deg=cams.elevation_deg, azimuth_deg=cams.azimuth_deg))
 
 
-def render_dataset(key, prompts, views_per_prompt, size, lit_fraction=0.5):
+def render_dataset(key, prompts, views_per_prompt, size, lit_fraction=0.5, target_jitter=0.0):
   """Renders of toy prompts from random DreamFusion cameras, with their captions.
 
   Args:
@@ -151,6 +158,7 @@ def render_dataset(key, prompts, views_per_prompt, size, lit_fraction=0.5):
     views_per_prompt: int V views of each.
     size: int H = W.
     lit_fraction: float share of Lambertian views (the rest are unlit albedo).
+    target_jitter: float, sample_views' look-at jitter (0: cameras look at the origin).
 
   Returns:
     images float32 [P*V, H, W, 3] in [0, 1]; alphas float32 [P*V, H, W]; captions list of P*V
@@ -162,7 +170,7 @@ def render_dataset(key, prompts, views_per_prompt, size, lit_fraction=0.5):
     if parsed is None:
       raise ValueError(f'{text!r} is not a toy prompt "a {{color}} {{shape}}"')
     key_views, key_lit = jax.random.split(jax.random.fold_in(key, i))
-    views = sample_views(key_views, views_per_prompt, size)
+    views = sample_views(key_views, views_per_prompt, size, target_jitter)
     lit = np.asarray(jax.random.uniform(key_lit, (views_per_prompt,)) < lit_fraction)
     for v in range(views_per_prompt):
       rgb, alpha = render_view(*parsed, views['c2w'][v], float(views['focal'][v]), size,
