@@ -121,6 +121,19 @@ def test_saturate_pushes_channels_to_their_extremes_and_keeps_the_nearest_colour
     assert nearest == name
 
 
+def test_compose_loss_is_zero_exactly_when_prompts_are_their_attributes_sum():
+  prompts = ['a red cube', 'a blue cone']
+  membership = jnp.asarray(train_clip.attribute_membership(prompts))  # [2, 11]
+  attributes = clip.l2_normalize(jax.random.normal(jax.random.key(0), (11, 8)))
+  composed = clip.l2_normalize(membership @ attributes)
+  assert float(train_clip.compose_loss(composed, attributes, membership)) == pytest.approx(
+      0.0, abs=1e-6)
+  swapped = composed[::-1]  # Each prompt given the other's text.
+  assert float(train_clip.compose_loss(swapped, attributes, membership)) > 0.1
+  # Opposite of the target: the largest loss, 2.
+  assert float(train_clip.compose_loss(-composed, attributes, membership)) == pytest.approx(2.0)
+
+
 def test_short_training_writes_a_loadable_clip(tmp_path):
   augmentation = train_clip.Augmentation(zoom=0.1, shift_px=1.0, blur_px=0.8, noise=0.02,
                                          gamma=1.5, saturation=2.0)
@@ -128,13 +141,13 @@ def test_short_training_writes_a_loadable_clip(tmp_path):
                           eval_views=2, resolution=16, patch_size=8, lr=1e-3, weight_decay=0.05,
                           attribute_weight=0.5, recolor_weight=4.0, recolor_groups=1,
                           ema_decay=0.9, seed=0, eval_every=4, augmentation=augmentation,
-                          target_jitter=0.05)
+                          target_jitter=0.05, compose_weight=1.0)
   assert info['steps'] == 4 and np.isfinite(info['final_loss'])
   assert set(info['heldout_per_prompt']) == set(world.HELDOUT)
   saved = json.loads((tmp_path / 'clip' / 'training.json').read_text())
   assert saved['args']['augmentation'] == {'zoom': 0.1, 'shift_px': 1.0, 'blur_px': 0.8,
                                            'noise': 0.02, 'gamma': 1.5, 'saturation': 2.0}
-  assert saved['args']['target_jitter'] == 0.05
+  assert saved['args']['target_jitter'] == 0.05 and saved['args']['compose_weight'] == 1.0
   model = clip.Clip.from_pretrained(tmp_path / 'clip')
   assert model.image_size == 16
   assert model.embed_text(list(world.PROMPTS)).shape[0] == len(world.PROMPTS)

@@ -314,8 +314,23 @@ def normalize_images(images, mean, std):
   return x.transpose(0, 3, 1, 2)
 
 
+def compose_loss(prompt_emb, attribute_emb, membership):
+  """How far each prompt's text embedding is from the sum of its attributes' (1 - cosine).
+
+  Args:
+    prompt_emb: float [P, D] unit text embeddings of "a {colour} {shape}" prompts.
+    attribute_emb: float [A, D] unit text embeddings of the attribute captions.
+    membership: float [P, A] 1 where prompt p has attribute a (two per prompt).
+
+  Returns:
+    float, the mean over prompts of 1 - cos(prompt, normalised sum of its attributes).
+  """
+  target = clip.l2_normalize(membership @ attribute_emb)
+  return jnp.mean(1.0 - jnp.sum(prompt_emb * target, axis=-1))
+
+
 def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight,
-                    recolor_weight, ema_decay, augmentation):
+                    recolor_weight, ema_decay, augmentation, compose_weight=0.0):
   """The jitted step (params, ema, opt_state, batch, ids [P + A, L], key, step) -> (params, ema,
   opt_state, loss).
 
@@ -328,7 +343,9 @@ def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight
   captions' (membership float [P, A], colours then shapes), plus `recolor_weight` times the
   shape captions' on the R recoloured groups: shape seen in many colours, so that reading it does
   not hinge on the colours each shape was trained in, while no held-out pair is shown. `ema` is
-  the moving average of the parameters.
+  the moving average of the parameters. `compose_weight` times compose_loss pulls each training
+  prompt's text embedding towards the sum of its colour's and its shape's, so that a held-out
+  pair's text, never trained on, lands where its two words point.
   """
   num_prompts = membership.shape[0]
   num_colors = len(world.COLORS)
@@ -363,6 +380,8 @@ def make_train_step(model, optimizer, membership, arcs, albedo, attribute_weight
     loss = contrastive_loss(image_emb, prompt_emb, jnp.eye(num_prompts), scale)
     if attribute_weight > 0:
       loss += attribute_weight * contrastive_loss(image_emb, attribute_emb, membership, scale)
+    if compose_weight > 0:
+      loss += compose_weight * compose_loss(prompt_emb, attribute_emb, membership)
     if recolor_weight > 0:
       coverage, alphas = batch['recolor_coverage'], batch['recolor_alphas']
       colors = recolor(key_color, arcs, coverage.shape[:2])
@@ -413,7 +432,7 @@ def save(folder, model, params, image_size, info):
 
 def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch_size, lr,
           weight_decay, attribute_weight, recolor_weight, recolor_groups, ema_decay, seed,
-          eval_every, augmentation, target_jitter=0.0):
+          eval_every, augmentation, target_jitter=0.0, compose_weight=0.0):
   """Renders the data, trains, evaluates on HELDOUT and saves to `out`; returns the info dict."""
   args = {k: v for k, v in locals().items() if k not in ('out', 'augmentation')}
   args['augmentation'] = dataclasses.asdict(augmentation)
@@ -441,7 +460,8 @@ def train(out, *, steps, groups, views_per_prompt, eval_views, resolution, patch
   ema = jax.tree.map(jnp.copy, params)
   step_fn = make_train_step(model, optimizer, jnp.asarray(attribute_membership(prompts)),
                             jnp.asarray(recolor_arcs(prompts)), jnp.asarray(albedo),
-                            attribute_weight, recolor_weight, ema_decay, augmentation)
+                            attribute_weight, recolor_weight, ema_decay, augmentation,
+                            compose_weight)
   rng = np.random.default_rng(seed)
   losses, history = [], []
   bar = tqdm.tqdm(range(steps), desc='toy clip', dynamic_ncols=True, file=sys.stderr)
@@ -492,6 +512,9 @@ def main(argv=None):
   parser.add_argument('--weight_decay', type=float, default=0.05)
   parser.add_argument('--attribute_weight', type=float, default=0.5,
                       help='weight of the single-attribute captions ("red", "a cube") loss')
+  parser.add_argument('--compose_weight', type=float, default=0.0,
+                      help='weight of the pull of each prompt\'s text embedding towards the '
+                      'sum of its colour\'s and shape\'s')
   parser.add_argument('--recolor_weight', type=float, default=4.0,
                       help='weight of the shape captions\' loss on recoloured renders')
   parser.add_argument('--recolor_groups', type=int, default=4,
