@@ -9,7 +9,11 @@ group every training prompt once with a random view, so no batch has two positiv
 At the end the model is measured on renders of the HELDOUT prompts from fresh DreamFusion cameras,
 retrieving among all 30 world.PROMPTS. Shape captions ("a cube") are also matched on renders
 recoloured to random hues (recolor_arcs: never nearer a shape's held-out colour than its training
-colours), and the renders can be augmented (Augmentation, off by default). The folder is a
+colours), and the renders can be augmented (Augmentation, off by default). Options, all off by
+default: --target_jitter renders the training views from cameras aimed off the origin (objects off
+the image centre, as NeRFs that grew off it); --saturation stretches the object colours towards the
+channel extremes SDS produces; --compose_weight pulls each prompt's text embedding towards the sum
+of its colour's and shape's (compose_loss). The folder is a
 transformers CLIP folder (config.json, flax_model.msgpack, tokenizer, preprocessor_config.json)
 that clip.Clip.from_pretrained loads. Reproducible from --seed.
 """
