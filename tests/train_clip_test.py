@@ -134,6 +134,14 @@ def test_compose_loss_is_zero_exactly_when_prompts_are_their_attributes_sum():
   assert float(train_clip.compose_loss(-composed, attributes, membership)) == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize('flag', ['--target_jitter=-0.1', '--compose_weight=-1', '--saturation=0.5'])
+def test_impossible_option_values_are_refused_before_rendering(flag, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    train_clip.main(['--out', str(tmp_path / 'clip'), flag])
+  assert '--saturation' in capsys.readouterr().err
+  assert not (tmp_path / 'clip').exists()
+
+
 def test_short_training_writes_a_loadable_clip(tmp_path):
   augmentation = train_clip.Augmentation(zoom=0.1, shift_px=1.0, blur_px=0.8, noise=0.02,
                                          gamma=1.5, saturation=2.0)

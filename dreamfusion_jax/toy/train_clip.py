@@ -543,6 +543,10 @@ def main(argv=None):
   parser.add_argument('--saturation', type=float, default=defaults.saturation,
                       help='augmentation: object colours\' contrast stretched by up to this')
   args = vars(parser.parse_args(argv))
+  if args['target_jitter'] < 0 or args['compose_weight'] < 0 or args['saturation'] < 1:
+    parser.error(f'--target_jitter={args["target_jitter"]} and --compose_weight='
+                 f'{args["compose_weight"]} must be >= 0 and --saturation={args["saturation"]} '
+                 '>= 1 (1 leaves the colours as they are)')
   out = args.pop('out')
   augmentation = Augmentation(**{f.name: args.pop(f.name)
                                  for f in dataclasses.fields(Augmentation)})
