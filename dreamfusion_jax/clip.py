@@ -236,6 +236,21 @@ def retrieval_ranks(image_emb, text_emb, true_index):
     int32 [B]: 0 when the true caption is the most similar, up to N - 1.
   """
   sims = jnp.asarray(image_emb, jnp.float32) @ jnp.asarray(text_emb, jnp.float32).T  # [B, N]
+  return similarity_ranks(sims, true_index)
+
+
+def similarity_ranks(sims, true_index):
+  """Rank of each image's true caption given image-caption similarities (ties count against it).
+
+  Args:
+    sims: float [B, N] similarity of each image to each caption (for an ensemble of CLIPs, the
+      mean of their cosine similarities).
+    true_index: int [B], the index in [0, N) of each image's caption.
+
+  Returns:
+    int32 [B]: 0 when the true caption is the most similar, up to N - 1.
+  """
+  sims = jnp.asarray(sims, jnp.float32)
   true_index = jnp.asarray(true_index, jnp.int32)
   true = jnp.take_along_axis(sims, true_index[:, None], axis=1)
   others = jnp.arange(sims.shape[1])[None, :] != true_index[:, None]

@@ -1,6 +1,6 @@
 """Evaluating a DreamFusion run: silhouette IoU, colour and CLIP R-precision of its checkpoint.
 
-  python -m dreamfusion_jax.eval --workdir W [--prompt P] [--clip PATH_OR_ID] \
+  python -m dreamfusion_jax.eval --workdir W [--prompt P] [--clip toy|PATH_OR_ID[,...]] \
       [--captions FILE] [--num_views 8] [--size 64]
 
 W is a DreamFusion or Dream Fields run folder, or the folder of a many-prompt run (its
@@ -30,8 +30,11 @@ Metrics:
   prompts (default) or the lines of --captions, the prompt added if missing: `r_precision` on the
   colour renders, `r_precision_geometry` on the textureless ones, `r_precision_albedo` on the
   unlit albedo (a flat disc of colour: a sphere and a cylinder seen from above look alike). The
-  default CLIP is the shipped toy CLIP, which knows only the toy world: a non-toy prompt needs a
-  real CLIP.
+  default `--clip toy` scores with the mean similarity of five shipped toy CLIPs
+  (toy.EVAL_CLIP_DIRS: the one Dream Fields trains with and four trained with off-centre
+  cameras), which know only the toy world: a non-toy prompt needs a real CLIP. One toy CLIP
+  alone misreads a true sphere moved 2.5 px up as a cube; each has its own blind spots on NeRF
+  renders, and their mean has fewer (README).
 
 W/eval.json holds prompt, iou, color, color_rgb, color_correct, r_precision,
 r_precision_geometry, r_precision_albedo, clip, num_captions, checkpoint_step, cameras
@@ -233,11 +236,12 @@ def caption_set(prompt, captions=None):
   return unique, unique.index(target)
 
 
-def retrieve(clip_model, images, captions, true_index):
-  """CLIP retrieval of captions from images.
+def retrieve(clip_models, images, captions, true_index):
+  """CLIP retrieval of captions from images, by one CLIP or the mean similarity of several.
 
   Args:
-    clip_model: a clip.Clip.
+    clip_models: a clip.Clip, or a sequence of them (an ensemble: each image-caption similarity
+      is the mean of the CLIPs' cosine similarities).
     images: float32 [V, H, W, 3] in [0, 1].
     captions: sequence of N str.
     true_index: int, the index of the correct caption, or int [V], one per image.
@@ -246,12 +250,17 @@ def retrieve(clip_model, images, captions, true_index):
     ranks int32 [V] of the correct caption (0 = retrieved first, ties counting against it);
     top int [V] index of each view's most similar caption.
   """
+  models = [clip_models] if isinstance(clip_models, clip.Clip) else list(clip_models)
   embed_images = jax.jit(clip.Clip.embed_images)  # Faster than op by op, even compiled once.
-  image_emb = np.asarray(embed_images(clip_model, np.asarray(images, np.float32)))  # [V, D]
-  text_emb = np.asarray(clip_model.embed_text(list(captions)))  # [N, D]
+  sims = []
+  for model in models:
+    image_emb = np.asarray(embed_images(model, np.asarray(images, np.float32)))  # [V, D]
+    text_emb = np.asarray(model.embed_text(list(captions)))  # [N, D]
+    sims.append(image_emb @ text_emb.T)
+  sims = np.mean(sims, axis=0)  # [V, N]
   truth = np.full((len(images),), true_index, np.int32)
-  ranks = np.asarray(clip.retrieval_ranks(image_emb, text_emb, truth), np.int32)
-  return ranks, np.argmax(image_emb @ text_emb.T, axis=-1)
+  ranks = np.asarray(clip.similarity_ranks(sims, truth), np.int32)
+  return ranks, np.argmax(sims, axis=-1)
 
 
 def view_strip(albedo, opacity, true_alpha=None, threshold=THRESHOLD, color=None):
@@ -332,7 +341,7 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
     config: the run's ml_collections.ConfigDict (load_config).
     workdir: path of the run folder (its checkpoints/ are read, nothing is written).
     prompt: str, the text the scene should show.
-    clip_model: a clip.Clip for R-precision.
+    clip_model: a clip.Clip, or a sequence of them (an ensemble, see retrieve), for R-precision.
     captions: sequence of str to retrieve among (see caption_set), or None for the toy prompts.
     clip_name: str recorded as the CLIP's path or id.
     num_views: int V.
@@ -450,6 +459,15 @@ def table(results):
   }
 
 
+def _load_clips(spec):
+  """The CLIPs named by --clip: 'toy' (toy.EVAL_CLIP_DIRS) or comma-separated folders or ids."""
+  names = [str(d) for d in toy.EVAL_CLIP_DIRS] if spec == 'toy' else spec.split(',')
+  if not all(n.strip() for n in names):
+    raise EvalError(f'--clip {spec!r} names an empty CLIP: give folders or hub ids separated by '
+                    'commas, or "toy"')
+  return [_load_clip(n.strip()) for n in names]
+
+
 def _load_clip(path_or_id):
   """clip.Clip.from_pretrained with its failures as EvalError."""
   try:
@@ -465,8 +483,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument('--workdir', required=True, help='the folder of a DreamFusion run')
   parser.add_argument('--prompt', default=None, help='default: the run\'s config.prompt')
-  parser.add_argument('--clip', default=str(toy.CLIP_DIR),
-                      help='CLIP folder or hub id (default: the shipped toy CLIP)')
+  parser.add_argument('--clip', default='toy',
+                      help='CLIP folder or hub id, or several separated by commas (scored by '
+                      'their mean similarity); default "toy": the five shipped toy CLIPs')
   parser.add_argument('--captions', default=None,
                       help='text file, one caption per line, or "coco" for the 153 COCO '
                       'captions of the Dream Fields benchmark (default: the 30 toy prompts); '
@@ -492,7 +511,7 @@ def main(argv=None):
       captions = None if args.captions is None else _read_captions(args.captions)
     for run in runs:
       check_checkpoints(run)  # Before the slow CLIP load.
-    clip_model = _load_clip(args.clip)
+    clip_model = _load_clips(args.clip)
     results = []
     for run, config, prompt in zip(runs, configs, prompts):
       result, strip = evaluate(config, run, prompt, clip_model, captions, clip_name=args.clip,

@@ -178,3 +178,13 @@ def test_empty_text_is_refused(toy_clip):
   for bad in ('', '   ', [], ['a red cube', '']):
     with pytest.raises(ValueError, match='empty'):
       toy_clip.embed_text(bad)
+
+
+def test_similarity_ranks_from_a_similarity_matrix():
+  """Ranks straight from similarities (an ensemble's mean), ties counting against the truth."""
+  sims = np.array([[0.9, 0.1, 0.5], [0.2, 0.2, 0.1], [0.3, 0.4, 0.8]])
+  np.testing.assert_array_equal(clip.similarity_ranks(sims, [0, 0, 1]), [0, 1, 1])
+  images = np.eye(3)[:2]
+  texts = np.eye(3)
+  np.testing.assert_array_equal(clip.similarity_ranks(images @ texts.T, [1, 1]),
+                                clip.retrieval_ranks(images, texts, [1, 1]))

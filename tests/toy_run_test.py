@@ -32,7 +32,7 @@ def run_and_evaluate(workdir, prompt, *overrides, config='configs/toy.py'):
   return json.loads((workdir / 'eval.json').read_text())
 
 
-@pytest.mark.slow  # 217 s measured: kept out of the default suite (about 22 minutes already).
+@pytest.mark.slow  # 110 s measured: kept out of the default suite (about 22 minutes already).
 def test_short_toy_run_on_a_training_prompt(tmp_path):
   prompt = 'a red sphere'
   assert prompt in toy.TRAIN_PROMPTS
@@ -42,26 +42,28 @@ def test_short_toy_run_on_a_training_prompt(tmp_path):
   assert result['color'] == 'red' and result['color_correct'], result
 
 
-@pytest.mark.slow  # About 7 minutes: the README's first command on a held-out prompt.
+@pytest.mark.slow  # 179 s measured: the README's first command on a held-out prompt.
 def test_full_toy_run_on_a_heldout_prompt(tmp_path):
   prompt = 'a red cube'
   assert prompt in toy.HELDOUT
   result = run_and_evaluate(tmp_path, prompt)
-  # Measured IoU 0.81, red, R-precision 0.75 (6 of 8 views). This guards that level; over all
-  # the held-out prompts the R-precision aim (0.8) is not reached yet (README table).
+  # Measured (IPE NeRF, the five-CLIP evaluator) IoU 0.86, red, R-precision 1.00; seeds 1 and 2
+  # of the same run made round-bottomed cubes read as cylinders (README table), so the bar is
+  # lower than seed 0's result.
   assert result['iou'] >= 0.72, result
   assert result['color'] == 'red' and result['color_correct'], result
   assert result['r_precision'] >= 0.5, result
 
 
-@pytest.mark.slow  # 194 s measured.
+@pytest.mark.slow  # 113 s measured.
 def test_short_toy_dreamfields_run_on_a_training_prompt(tmp_path):
   """Dream Fields with the toy CLIP: a reduced run, scored by the same evaluator."""
   prompt = 'a red sphere'
   result = run_and_evaluate(tmp_path, prompt, '--config.num_steps=300',
                             '--config.export.video_frames=8', '--config.export.mesh_resolution=48',
                             config='configs/dreamfields_toy.py')
-  # Measured (seed 0): IoU 0.66, red, toy R-precision 0.75 (6 of 8 views).
+  # Measured (seed 0): IoU 0.66, red, R-precision 0.375 (3 of 8 views) with eval's five-CLIP
+  # ensemble; 0.75 when the CLIP that guided the run judged it alone.
   assert result['color'] == 'red' and result['color_correct'], result
-  assert result['r_precision'] >= 0.5, result
+  assert result['r_precision'] >= 0.25, result
   assert result['iou'] >= 0.5, result
