@@ -5,8 +5,9 @@
   python -m dreamfusion_jax.eval --workdir /tmp/df_toy
 
 configs/toy.py (same cameras, resolution, steps and exports; a grid NeRF) with the guidance of
-configs/dreamfields.py: the toy CLIP instead of the toy diffusion prior. The same toy CLIP also
-scores the result in eval, so its R-precision flatters Dream Fields; IoU and colour do not.
+configs/dreamfields.py: the toy CLIP instead of the toy diffusion prior. That CLIP is also one of
+the five whose mean similarity scores the result in eval, so its R-precision still flatters Dream
+Fields somewhat; IoU and colour do not.
 """
 
 from configs import dreamfields

@@ -47,8 +47,9 @@ def get_config():
   # up to 2^4 (max_deg 5; paper 8) for a 32x32 prior. Its low frequencies keep the surfaces smooth:
   # the dense feature grid shipped before (levels 16, 32, 64 with a 64-wide block, as
   # configs/nerf_small.py) grew lumpy surfaces that the toy CLIP read as cubes. Seed 0, held-out
-  # mean IoU 0.76 -> 0.77, R-precision 0.68 -> 0.82 (README table); max_deg 4 was no better on
-  # the sphere (IoU 0.90, R-precision 0.38 both).
+  # mean IoU 0.76 -> 0.77, R-precision by the shipped toy CLIP alone 0.68 -> 0.82 (README table
+  # for eval's default five CLIPs); max_deg 4 was no better on the sphere (IoU 0.90, R-precision
+  # 0.38 by that CLIP, both).
   config.nerf.encoding = 'ipe'
   config.nerf.width = 64
   config.nerf.num_blocks = 2

@@ -252,9 +252,10 @@ def retrieve(clip_models, images, captions, true_index):
   """
   models = [clip_models] if isinstance(clip_models, clip.Clip) else list(clip_models)
   embed_images = jax.jit(clip.Clip.embed_images)  # Faster than op by op, even compiled once.
+  images = np.asarray(images, np.float32)
   sims = []
   for model in models:
-    image_emb = np.asarray(embed_images(model, np.asarray(images, np.float32)))  # [V, D]
+    image_emb = np.asarray(embed_images(model, images))  # [V, D]
     text_emb = np.asarray(model.embed_text(list(captions)))  # [N, D]
     sims.append(image_emb @ text_emb.T)
   sims = np.mean(sims, axis=0)  # [V, N]
@@ -511,10 +512,10 @@ def main(argv=None):
       captions = None if args.captions is None else _read_captions(args.captions)
     for run in runs:
       check_checkpoints(run)  # Before the slow CLIP load.
-    clip_model = _load_clips(args.clip)
+    clip_models = _load_clips(args.clip)
     results = []
     for run, config, prompt in zip(runs, configs, prompts):
-      result, strip = evaluate(config, run, prompt, clip_model, captions, clip_name=args.clip,
+      result, strip = evaluate(config, run, prompt, clip_models, captions, clip_name=args.clip,
                                num_views=args.num_views, size=args.size)
       path = run / 'eval.json'
       path.write_text(json.dumps(result, indent=2))

@@ -240,9 +240,26 @@ def test_retrieve_averages_the_similarities_of_an_ensemble(tiny_clip):
   np.testing.assert_array_equal(single[1], double[1])
 
 
+def test_retrieve_ranks_by_the_mean_similarity_of_different_clips(heldout_colour_renders,
+                                                                    eval_clips):
+  """Two different CLIPs: retrieve's ranks and top captions are those of their mean similarity."""
+  _, renders = heldout_colour_renders
+  captions = list(world.PROMPTS)
+  # Shifted 3 px, where the shipped CLIP alone misreads some views and the ensemble does not.
+  images = np.concatenate([np.roll(lit, 3, axis=1) for lit in renders.values()])
+  truth = np.repeat([captions.index(p) for p in renders], 8)
+  pair = eval_clips[:2]
+  sims = np.mean([np.asarray(m.embed_images(images)) @ np.asarray(m.embed_text(captions)).T
+                  for m in pair], axis=0)
+  ranks, top = eval_lib.retrieve(pair, images, captions, truth)
+  alone, _ = eval_lib.retrieve(pair[0], images, captions, truth)
+  assert np.any(alone != ranks)  # The two CLIPs disagree here, so the mean is what is tested.
+  np.testing.assert_array_equal(top, np.argmax(sims, axis=-1))
+  np.testing.assert_array_equal(ranks, clip.similarity_ranks(sims, truth))
+
+
 def test_load_clips_names_the_toy_ensemble_and_refuses_an_empty_name(monkeypatch):
-  loaded = []
-  monkeypatch.setattr(eval_lib, '_load_clip', lambda name: loaded.append(name) or name)
+  monkeypatch.setattr(eval_lib, '_load_clip', lambda name: name)
   assert eval_lib._load_clips('toy') == [str(d) for d in toy.EVAL_CLIP_DIRS]  # pylint: disable=protected-access
   assert all((d / 'flax_model.msgpack').is_file() for d in toy.EVAL_CLIP_DIRS)
   assert eval_lib._load_clips('a, b') == ['a', 'b']  # pylint: disable=protected-access
