@@ -42,17 +42,17 @@ def test_short_toy_run_on_a_training_prompt(tmp_path):
   assert result['color'] == 'red' and result['color_correct'], result
 
 
-@pytest.mark.slow  # 179 s measured: the README's first command on a held-out prompt.
+@pytest.mark.slow  # 179 s measured (2026-12-05): the README's first command on a held-out prompt.
 def test_full_toy_run_on_a_heldout_prompt(tmp_path):
   prompt = 'a red cube'
   assert prompt in toy.HELDOUT
   result = run_and_evaluate(tmp_path, prompt)
-  # Measured (IPE NeRF, the five-CLIP evaluator) IoU 0.86, red, R-precision 1.00; seeds 1 and 2
-  # of the same run made round-bottomed cubes read as cylinders (README table), so the bar is
-  # lower than seed 0's result.
-  assert result['iou'] >= 0.72, result
+  # Measured (guidance 20 -> 40, the five-CLIP evaluator) IoU 0.85, red, R-precision 0.875;
+  # seeds 1, 2, 3 gave 0.84 to 0.85 and 1.00. With guidance 20 throughout, seeds 1 and 2 made
+  # round-bottomed cubes read as cylinders (R-precision 0.12 and 0.00): these bars catch that.
+  assert result['iou'] >= 0.75, result
   assert result['color'] == 'red' and result['color_correct'], result
-  assert result['r_precision'] >= 0.5, result
+  assert result['r_precision'] >= 0.75, result
 
 
 @pytest.mark.slow  # 113 s measured.
