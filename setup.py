@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     'pytest>=8.0',
+    'pytest-xdist>=3.5',  # Two workers: the suite is compile-bound (one XLA compile per core).
     'torch>=2.1',  # PyTorch diffusers/transformers models for the parity tests.
     # Executing the notebooks of colab/ (tests/colab_test.py); matplotlib draws their mesh.
     'nbformat>=5.9',
@@ -42,7 +43,8 @@ setuptools.setup(
     description='DreamFusion text-to-3D (Score Distillation Sampling) in JAX/Flax',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=setuptools.find_packages(include=['dreamfusion_jax', 'dreamfusion_jax.*']),
+    # configs/ is a package too, so scripts run from anywhere (benchmarks/*.py) import it.
+    packages=setuptools.find_packages(include=['dreamfusion_jax', 'dreamfusion_jax.*', 'configs']),
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
     # The toy world's trained prior and CLIP (diffusers/transformers folders, a few MB) and the

@@ -12,27 +12,11 @@ The last line names the largest batch whose planned memory fits --budget_gib.
 
 import argparse
 
-import jax
 import jax.numpy as jnp
 
 import common
 from dreamfusion_jax import host_memory
-from dreamfusion_jax import train
-
-
-def planned_gib(config, diffusion, text, run=False):
-  """(planned GiB, peak GiB or nan) of the jitted step for config (compiled; run if asked)."""
-  net, bg = train.make_nerf(config), train.make_background(config)
-  optimizer = train.make_optimizer(config)
-  state = train.init_dreamfusion_state(config, net, bg, optimizer)
-  step = train.make_dreamfusion_step(config, net, bg, optimizer)
-  executable = common.compiled(step, (state, diffusion, text))
-  peak = float('nan')
-  if run:
-    jax.block_until_ready(executable(state, diffusion, text))
-    stats = jax.local_devices()[0].memory_stats() or {}
-    peak = stats.get('peak_bytes_in_use', float('nan')) / 2**30
-  return common.planned_bytes(executable) / 2**30, peak
+from dreamfusion_jax.testing import bench
 
 
 def main():
@@ -45,17 +29,16 @@ def main():
   parser.add_argument('--remat_chunks', type=int, default=0,
                       help='config.render.remat_chunks (0: off)')
   args = parser.parse_args()
-  diffusion, width, tokens, _ = common.load_model(args.model, jnp.dtype(args.dtype))
-  text = common.random_text(4, tokens, width, diffusion.dtype)
-  print(f'device: {common.device_name()}; model {args.model} ({args.dtype}), config {args.config}'
+  diffusion, width, tokens, _ = bench.load_model(args.model, jnp.dtype(args.dtype))
+  text = bench.random_text(4, tokens, width, diffusion.dtype)
+  print(f'device: {bench.device_name()}; model {args.model} ({args.dtype}), config {args.config}'
         f'{" as shipped" if args.full else " at CPU size"}, remat_chunks {args.remat_chunks}')
   print('| views/step | planned GiB | peak GiB |\n| --- | --- | --- |')
   fits, batch = 0, 1
   while batch <= args.max_batch:
-    overrides = {} if args.full or args.config == 'toy' else dict(common.CPU_SIZE)
-    overrides.update({'batch_size': batch, 'render.remat_chunks': args.remat_chunks})
-    config = common.get_config(args.config, overrides)
-    planned, peak = planned_gib(config, diffusion, text, run=args.run)
+    config = bench.sized_config(args.config, args.full, overrides={
+        'batch_size': batch, 'render.remat_chunks': args.remat_chunks})
+    planned, peak = bench.planned_gib(config, diffusion, text, run=args.run)
     print(f'| {batch} | {planned:.2f} | {peak:.2f} |', flush=True)
     if planned <= args.budget_gib:
       fits = batch

@@ -18,12 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import breakdown
 import common
-import memory
 import step as step_bench
+from dreamfusion_jax import build
 from dreamfusion_jax import host_memory
-from dreamfusion_jax import train
+from dreamfusion_jax.testing import bench
 
 
 def step_rows(cases, num_steps):
@@ -31,10 +30,10 @@ def step_rows(cases, num_steps):
   print('## step\n')
   print(step_bench.HEADER)
   for config_name, overrides, model, dtype in cases:
-    config = common.get_config(config_name, overrides)
-    diffusion, width, tokens, _ = common.load_model(model, jnp.dtype(dtype))
-    text = common.random_text(4, tokens, width, diffusion.dtype)
-    result = step_bench.measure_step(config, diffusion, text, num_steps)
+    config = bench.get_config(config_name, overrides)
+    diffusion, width, tokens, _ = bench.load_model(model, jnp.dtype(dtype))
+    text = bench.random_text(4, tokens, width, diffusion.dtype)
+    result = bench.measure_step(config, diffusion, text, num_steps)
     print(step_bench.row(f'{model} ({config_name})', config, diffusion, dtype, result),
           flush=True)
 
@@ -52,7 +51,7 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3, dtype='float32'
   runs on that GPU (benchmarks/torch_step.py --device cuda) and each side once per round.
 
   Args:
-    config_name, overrides: common.get_config's arguments.
+    config_name, overrides: bench.get_config's arguments.
     model: 'tiny-latent', 'tiny-pixel' or 'sd21' (random weights of those shapes on both sides).
     num_steps: steps per round and side, after one untimed step.
     rounds: rounds of both sides.
@@ -62,37 +61,36 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3, dtype='float32'
     The ratio of the median JAX rate (as shipped) to the median PyTorch rate (default threads).
   """
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_step  # pylint: disable=g-import-not-at-top
-  config = common.get_config(config_name, overrides)
-  diffusion, width, tokens, _ = common.load_model(model, jnp.dtype(dtype))
-  text = common.random_text(4, tokens, width, diffusion.dtype)
+  from dreamfusion_jax.testing import torch_reference  # pylint: disable=g-import-not-at-top
+  overrides = dict(overrides, **torch_reference.ADAM)  # Both sides: PyTorch has no Adan.
+  config = bench.get_config(config_name, overrides)
+  diffusion, width, tokens, _ = bench.load_model(model, jnp.dtype(dtype))
+  text = bench.random_text(4, tokens, width, diffusion.dtype)
   on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
   jax_variants = [('jax', None)] if on_gpu else [('jax', None), ('jax1', 1)]
   jax_steps = {}
   for key, groups in jax_variants:  # As shipped, and (on a CPU) one batch of rays.
-    variant = common.get_config(config_name, dict(
+    variant = bench.get_config(config_name, dict(
         overrides, **({} if groups is None else {'render.parallel_chunks': groups})))
-    net, bg = train.make_nerf(variant), train.make_background(variant)
-    optimizer = train.make_optimizer(variant)
-    jax_steps[key] = (train.make_dreamfusion_step(variant, net, bg, optimizer, donate=False),
-                      train.init_dreamfusion_state(variant, net, bg, optimizer))
+    run = build.build(variant)
+    jax_steps[key] = (run.make_step(donate=False), run.init_state())
   device = 'cuda' if on_gpu else 'cpu'
-  torch_model = torch_step.TorchDreamFusion(torch_step.model_spec(config, model),
-                                            dtype=getattr(torch, dtype), device=device)
+  torch_model = torch_reference.TorchDreamFusion(torch_reference.model_spec(config, model),
+                                                 dtype=getattr(torch, dtype), device=device)
   threads = torch.get_num_threads()
   torch_variants = [('torch', threads)] if on_gpu else [('torch', threads), ('torch1', 1)]
   rates = {key: [] for key, _ in jax_variants + torch_variants}
   for _ in range(rounds):
     for key, (step, state) in jax_steps.items():
-      rates[key].append(1.0 / common.time_steps(step, state, (diffusion, text), num_steps)[1])
+      rates[key].append(1.0 / bench.time_steps(step, state, (diffusion, text), num_steps)[1])
     for name, count in torch_variants:
       torch.set_num_threads(count)
       torch_model.step()
-      torch_step.synchronize(device)
+      torch_reference.synchronize(device)
       start = time.perf_counter()
       for _ in range(num_steps):
         torch_model.step()
-      torch_step.synchronize(device)
+      torch_reference.synchronize(device)
       rates[name].append(num_steps / (time.perf_counter() - start))
   torch.set_num_threads(threads)
   median = {key: float(np.median(values)) for key, values in rates.items()}
@@ -106,7 +104,7 @@ def vs_torch(config_name, overrides, model, num_steps, rounds=3, dtype='float32'
           f'| {median["jax"] / median[key]:.2f} |')
   backend = jax.default_backend().upper()
   for key, groups in jax_variants:
-    label = f'parallel_chunks {train.parallel_chunks(config) if groups is None else groups}'
+    label = f'parallel_chunks {build.parallel_chunks(config) if groups is None else groups}'
     print(f'| JAX {jax.__version__} (jit, {label}) | XLA:{backend} | {median[key]:.2f} '
           f'({", ".join(f"{r:.2f}" for r in rates[key])}) | {median[key] / median["torch"]:.2f} '
           f'vs PyTorch{"" if on_gpu else f" {threads} threads"} |')
@@ -134,7 +132,7 @@ def main():
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
     parser.error(f'unknown --sections {unknown}: choose from {",".join(SECTIONS)}')
-  print(f'device: {common.device_name()}\n')
+  print(f'device: {bench.device_name()}\n')
   cpu = dict(common.CPU_SIZE)
   if 'step' in sections:
     cases = [('dreamfusion', cpu, 'tiny-latent', 'float32'),
@@ -147,16 +145,16 @@ def main():
 
   if 'breakdown' in sections:
     print('\n## breakdown (CPU-sized paper step, tiny latent model, float32)\n')
-    config = common.get_config('dreamfusion', cpu)
-    diffusion, width, tokens, _ = common.load_model('tiny-latent', jnp.float32)
-    text = common.random_text(4, tokens, width, diffusion.dtype)
-    print(breakdown.table(breakdown.measure(config, diffusion, text, args.steps)))
+    config = bench.get_config('dreamfusion', cpu)
+    diffusion, width, tokens, _ = bench.load_model('tiny-latent', jnp.float32)
+    text = bench.random_text(4, tokens, width, diffusion.dtype)
+    print(bench.breakdown_table(bench.breakdown(config, diffusion, text, args.steps)))
     if not args.quick:
       print('\n## breakdown (paper config, SD-2.1-base shapes, bfloat16)\n')
-      config = common.get_config('dreamfusion')
-      diffusion, width, tokens, _ = common.load_model('sd21', jnp.bfloat16)
-      text = common.random_text(4, tokens, width, diffusion.dtype)
-      print(breakdown.table(breakdown.measure(config, diffusion, text, args.steps)))
+      config = bench.get_config('dreamfusion')
+      diffusion, width, tokens, _ = bench.load_model('sd21', jnp.bfloat16)
+      text = bench.random_text(4, tokens, width, diffusion.dtype)
+      print(bench.breakdown_table(bench.breakdown(config, diffusion, text, args.steps)))
 
   if 'memory' in sections:
     print('\n## memory (XLA plan of the step)\n')
@@ -165,13 +163,13 @@ def main():
     if not args.quick:
       sizes.append(('sd21', {}, jnp.bfloat16))
     for model, overrides, dtype in sizes:
-      diffusion, width, tokens, _ = common.load_model(model, dtype)
-      text = common.random_text(4, tokens, width, diffusion.dtype)
+      diffusion, width, tokens, _ = bench.load_model(model, dtype)
+      text = bench.random_text(4, tokens, width, diffusion.dtype)
       for batch in (1, 4):
         for chunks in (0, 16):
-          config = common.get_config('dreamfusion', dict(overrides, batch_size=batch,
+          config = bench.get_config('dreamfusion', dict(overrides, batch_size=batch,
                                                          **{'render.remat_chunks': chunks}))
-          planned, _ = memory.planned_gib(config, diffusion, text)
+          planned, _ = bench.planned_gib(config, diffusion, text)
           print(f'| {model} | {batch} | {chunks} | {planned:.3f} |', flush=True)
 
   if 'vs_torch' in sections:

@@ -13,7 +13,6 @@ and paper configs, for the argument on paper about real chips.
 
 import argparse
 import os
-import pathlib
 import sys
 
 if '--real_devices' not in sys.argv:  # Before JAX starts: 8 CPU devices unless told otherwise.
@@ -23,38 +22,33 @@ if '--real_devices' not in sys.argv:  # Before JAX starts: 8 CPU devices unless 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks'), str(ROOT / 'tests')]
-
-import common  # pylint: disable=wrong-import-position
 from configs import dreamfusion as dreamfusion_config  # pylint: disable=wrong-import-position
 from configs import toy as toy_config  # pylint: disable=wrong-import-position
+from dreamfusion_jax import build  # pylint: disable=wrong-import-position
 from dreamfusion_jax import host_memory  # pylint: disable=wrong-import-position
 from dreamfusion_jax import parallel  # pylint: disable=wrong-import-position
-from dreamfusion_jax import train  # pylint: disable=wrong-import-position
-import tiny_models  # pylint: disable=wrong-import-position
+from dreamfusion_jax.testing import bench  # pylint: disable=wrong-import-position
+from dreamfusion_jax.testing import tiny_models  # pylint: disable=wrong-import-position
 
 
 def time_step(step, state, args, num_steps):
   """(compile seconds, steps per second) of a jitted step."""
-  first, per_step = common.time_steps(step, state, args, num_steps)
+  first, per_step = bench.time_steps(step, state, args, num_steps)
   return first, 1.0 / per_step
 
 
 def one_asset(config, diffusion, text, n, num_steps):
   mesh = parallel.make_mesh(n)
-  model, bg = train.make_nerf(config), train.make_background(config)
-  optimizer = train.make_optimizer(config)
-  state = parallel.replicate(train.init_dreamfusion_state(config, model, bg, optimizer), mesh)
-  step = train.make_dreamfusion_step(config, model, bg, optimizer, mesh=mesh)
+  run = build.build(config)
+  state = parallel.replicate(run.init_state(), mesh)
+  step = run.make_step(mesh=mesh)
   return time_step(step, state, parallel.replicate((diffusion, text), mesh), num_steps)
 
 
 def many_assets(config, diffusion, text, n, num_prompts, num_steps):
   mesh = parallel.make_mesh(n)
-  model, bg = train.make_nerf(config), train.make_background(config)
-  optimizer = train.make_optimizer(config)
-  single = train.init_dreamfusion_state(config, model, bg, optimizer)
+  run = build.build(config)
+  single = run.init_state()
   stack = lambda x: np.stack([np.asarray(x)] * num_prompts)
   state = single.replace(
       step=parallel.shard_leading(stack(single.step), mesh),
@@ -62,15 +56,14 @@ def many_assets(config, diffusion, text, n, num_prompts, num_steps):
       opt_state=parallel.shard_leading(jax.tree.map(stack, single.opt_state), mesh),
       key=parallel.shard_leading(jax.random.split(single.key, num_prompts), mesh))
   texts = parallel.shard_leading(jax.tree.map(stack, text), mesh)
-  step = train.make_dreamfusion_step(config, model, bg, optimizer, mesh=mesh, vmapped=True)
+  step = run.make_step(mesh=mesh, vmapped=True)
   return time_step(step, state, (parallel.replicate(diffusion, mesh), texts), num_steps)
 
 
 def gradient_bytes(config):
   """Parameters and bytes of the gradient every step all-reduces (float32)."""
-  model, bg = train.make_nerf(config), train.make_background(config)
-  shapes = jax.eval_shape(lambda: train.init_dreamfusion_state(
-      config, model, bg, train.make_optimizer(config)).params)
+  run = build.build(config)
+  shapes = jax.eval_shape(lambda: run.init_state().params)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   return count, 4 * count
 
@@ -88,7 +81,7 @@ def main():
   tiny_models.quiet()
   counts = [int(n) for n in args.devices.split(',')]
   config = toy_config.get_config()
-  diffusion = train.load_diffusion(config)
+  diffusion = build.load_diffusion(config)
   text = diffusion.encode_views(config.prompt)
   print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
         f'({jax.default_backend()}), host cores: {os.cpu_count()}')

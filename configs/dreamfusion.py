@@ -6,9 +6,22 @@
 `model` is a hub id or a local diffusers folder. Values tagged [likely] are widely reported as the
 paper's but were not checked against its text (see shared PAPER.md); [code] values come from the
 public reimplementations (stable-dreamfusion, threestudio).
+
+What the paper leaves open or Imagen-to-Stable-Diffusion changes (optimiser, learning rate and its
+schedule, clipping, regulariser weights) follows one public recipe known to work with Stable
+Diffusion 2.1-base: stable-dreamfusion's defaults (ashawkey/stable-dreamfusion main.py @5550b91)
+with its vanilla backbone (-O2: a frequency-encoded residual MLP, as this config's IPE MLP), tagged
+[SDF]. Its regulariser weights were set at one view per step; SDS here averages over the views
+like the regularisers do (guidance.Diffusion.sds_loss), so they hold at the paper's 4 views.
 """
 
 import ml_collections
+
+
+def use_adam(config, *, eps, grad_clip):
+  """Adam with threestudio's betas (0.9, 0.99) and no weight decay in place of the recipe's Adan."""
+  config.optim.update(dict(name='adam', beta1=0.9, beta2=0.99, beta3=0.0, eps=eps,
+                           weight_decay=0.0, grad_clip=grad_clip))
 
 
 def get_config():
@@ -33,7 +46,7 @@ def get_config():
   # Dreamfields-3D option). Its NeRF config must match; the optimiser starts fresh. '' = none.
   config.init_from = ''
   config.num_steps = 15_000  # Paper.
-  # Paper: 4 views per step, one per TPUv4 chip.
+  # Paper: 4 views per step, one per TPUv4 chip ([SDF] and threestudio: 1, for GPU memory).
   config.batch_size = 4
   # Devices the views of a step are split over (0: every device on several hosts, else the
   # most devices that batch_size splits over evenly).
@@ -61,8 +74,14 @@ def get_config():
   config.clip.model = ''  # transformers CLIP folder or hub id, e.g. openai/clip-vit-base-patch16.
   config.clip.from_pt = False
   config.clip.augmentations = 8  # Augmented copies of each render per step.
-  config.clip.min_scale = 0.8  # Smallest random crop, as a share of the render's side.
+  config.clip.min_scale = 0.8  # Random crops of min_scale to max_scale of the render's side.
+  config.clip.max_scale = 1.0
   config.clip.blur_sigma = 10.0  # Background blur sigma ~ U(0, this) in pixels.
+  config.clip.blur_radius = 0  # The blur kernel's radius in pixels (0: a third of the side).
+  # Random backgrounds made at CLIP's size after the crop (Dream Fields), or at the render's size
+  # before it.
+  config.clip.background_after_crop = False
+  config.clip.view_prompts = True  # CLIP sees the view-dependent captions, or the plain one.
 
   config.render = ml_collections.ConfigDict()
   config.render.height = 64  # Paper: 64x64 renders.
@@ -76,9 +95,12 @@ def get_config():
   config.render.chunk_size = 4096
   # Training renders in this many chunks, each recomputed in the backward pass instead of keeping
   # its NeRF activations (0 = all at once): the same step for less memory and one more NeRF
-  # forward; 16 cut the planned memory 14-fold on CPU (benchmarks/NOTES.md), meant for 4 views
-  # on a 16 GB GPU (a Colab T4: check with benchmarks/memory.py). Must divide B H W.
-  config.render.remat_chunks = 0
+  # forward; 16 cut the planned memory 14-fold on CPU (benchmarks/NOTES.md). -1 (automatic): the
+  # run compiles the step with the fewest chunks (0, 2, 4, ..., 64) whose plan fits the device's
+  # free memory, or config.memory_limit_gib, and stops with one line if none does. Else must
+  # divide B H W.
+  config.render.remat_chunks = -1
+  config.memory_limit_gib = 0.0  # > 0: plan the step for this much memory, not the device's.
   # Training renders the rays (of each remat chunk) as this many independent groups: 0 picks 4 on
   # a CPU, where XLA runs the groups concurrently on the cores (the CPU-sized step 2.30 -> 2.98
   # steps/s, benchmarks/NOTES.md), and 1 on GPUs and TPUs. Not in the paper; the same step with
@@ -103,23 +125,30 @@ def get_config():
   config.shading.ambient = 0.1  # [code] threestudio ambient.
 
   config.loss = ml_collections.ConfigDict()
-  # [likely] threestudio anneals the orientation weight 10 -> 1000 over 5000 steps.
-  config.loss.orientation_weight = 10.0
-  config.loss.orientation_weight_end = 1000.0
+  # [SDF] lambda_orient 1e-2, constant, on the same loss (sum over samples, mean over rays);
+  # threestudio anneals 10 -> 1000 over 5000 steps on its hash grid.
+  config.loss.orientation_weight = 1e-2
+  config.loss.orientation_weight_end = 1e-2
   config.loss.orientation_anneal_steps = 5000
-  config.loss.opacity_weight = 1e-3  # Penalty on accumulated opacity (paper: weight per config).
-  # Not in the paper (off here): binary entropy of the accumulated opacity, against foggy rims.
-  config.loss.entropy_weight = 0.0
+  # Penalty on accumulated opacity, mean of sqrt(acc^2 + 0.01): [SDF] lambda_opacity 0 (off).
+  config.loss.opacity_weight = 0.0
+  # Binary entropy of the accumulated opacity, against foggy rims: [SDF] lambda_entropy 1e-3 in
+  # bits, ramped by min(1, 2 step / iters); 1e-3 / ln 2 here, where the entropy is in nats.
+  config.loss.entropy_weight = 1e-3 / 0.6931471805599453
+  config.loss.entropy_ramp_steps = 7_500  # num_steps / 2.
   # Not in the paper (off here): squared difference of the normals at each ray's surface point
   # and at a point jittered by N(0, radius^2), against bumpy surfaces.
   config.loss.smoothness_weight = 0.0
   config.loss.smoothness_radius = 0.02
   # Dream Fields' transmittance loss -min(target, mean transmittance) (off in DreamFusion), the
-  # target rising linearly from start to end over transmittance_steps.
+  # target going from start to end over transmittance_steps: 'linear' in the transmittance, or
+  # 'exponential' in the opacity 1 - target (Dream Fields), times opacity_target_scale, capped.
   config.loss.transmittance_weight = 0.0
   config.loss.transmittance_start = 0.5
   config.loss.transmittance_end = 0.9
   config.loss.transmittance_steps = 500
+  config.loss.transmittance_schedule = 'linear'
+  config.loss.opacity_target_scale = 1.0
 
   config.nerf = ml_collections.ConfigDict()
   config.nerf.encoding = 'ipe'  # Paper: integrated positional encoding.
@@ -145,15 +174,25 @@ def get_config():
   config.background.color = ()  # () = the learned MLP (paper); an RGB triple = plain colour.
 
   config.optim = ml_collections.ConfigDict()
-  # Departure: Adam (threestudio: lr 0.01, betas 0.9/0.99) instead of the paper's Distributed
-  # Shampoo (lr warm-up 1e-9 -> 1e-4 over 3000 steps, cosine to 1e-6), which core Optax lacks.
-  config.optim.lr_init = 1e-2
-  config.optim.lr_final = 1e-2
-  config.optim.warmup_steps = 100
-  config.optim.grad_clip = 1.0
-  config.optim.beta1 = 0.9
-  config.optim.beta2 = 0.99
-  config.optim.eps = 1e-15
+  # Departure: [SDF] Adan (optax.adan) instead of the paper's Distributed Shampoo (lr warm-up
+  # 1e-9 -> 1e-4 over 3000 steps, cosine to 1e-6), which core Optax lacks. [SDF]: lr 1e-3 with
+  # Adan at 5 x lr, no warm-up, decayed by 0.1^(step / num_steps) on the vanilla backbone (the
+  # log-linear schedule from lr_init to lr_final), eps 1e-8, weight decay 2e-5, betas (0.02,
+  # 0.08, 0.01) in its convention = optax's (0.98, 0.92, 0.99), and its max_grad_norm 5: a
+  # global-norm clip (the step logs grad_norm before it and the share of clipped steps).
+  # threestudio instead runs Adam at 0.01 (hash grid) and 0.001 (background) without clipping.
+  config.optim.name = 'adan'
+  config.optim.lr_init = 5e-3
+  config.optim.lr_final = 5e-4
+  config.optim.warmup_steps = 0
+  config.optim.warmup_shape = 'sine'  # mip-NeRF's (or 'exponential'), from warmup_multiplier.
+  config.optim.warmup_multiplier = 0.01
+  config.optim.grad_clip = 5.0
+  config.optim.beta1 = 0.98
+  config.optim.beta2 = 0.92
+  config.optim.beta3 = 0.99
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 2e-5
 
   config.export = ml_collections.ConfigDict()
   config.export.video_frames = 120

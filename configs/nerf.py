@@ -55,6 +55,7 @@ def get_config():
   config.render.chunk_size = 4096  # Rays per call when rendering whole images.
 
   config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adam'  # mip-NeRF.
   config.optim.lr_init = 5e-4  # mip-NeRF's log-linear decay.
   config.optim.lr_final = 5e-6
   config.optim.warmup_steps = 500
@@ -62,6 +63,7 @@ def get_config():
   config.optim.beta1 = 0.9
   config.optim.beta2 = 0.999
   config.optim.eps = 1e-6
+  config.optim.weight_decay = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.save_images = 4  # Test renders (next to the ground truth) written as PNG.

@@ -62,11 +62,11 @@ def gaussian_blur(image, sigma, radius):
   return sum(kernel[i] * rows[:, i:i + w] for i in range(2 * radius + 1))
 
 
-def random_background(key, height, width, max_blur_sigma=10.0):
+def random_background(key, height, width, max_blur_sigma=10.0, radius=None):
   """One of KINDS (uniform draw), blurred with sigma ~ U(0, max_blur_sigma), float32 [H, W, 3].
 
-  The blur radius is fixed by the image size (at most a third of the shorter side), so the
-  function is jittable; large sigmas are cut at that radius.
+  The blur radius is fixed (default: a third of the shorter side; Dream Fields' kernel of 15
+  pixels is radius 7), so the function is jittable; large sigmas are cut at that radius.
   """
   key_kind, key_image, key_sigma = jax.random.split(key, 3)
   options = jnp.stack([uniform_noise(key_image, height, width),
@@ -74,7 +74,7 @@ def random_background(key, height, width, max_blur_sigma=10.0):
                        fourier_noise(key_image, height, width)])
   image = options[jax.random.randint(key_kind, (), 0, len(KINDS))]
   sigma = jax.random.uniform(key_sigma, (), maxval=max_blur_sigma)
-  radius = max(1, min(height, width) // 3)
+  radius = max(1, min(height, width) // 3) if radius is None else radius
   return gaussian_blur(image, sigma, radius)
 
 
@@ -89,14 +89,15 @@ def composite(rgb, acc, background):
   return rgb + (1.0 - acc[..., None]) * background
 
 
-def random_crop(key, image, size, min_scale):
-  """A random square crop of float [H, W, C] covering min_scale to 1 of its side, resized to S.
+def random_crop(key, image, size, min_scale, max_scale=1.0):
+  """A random square crop of float [H, W, C] covering min_scale to max_scale of its side,
+  resized to S.
 
   Bilinear (differentiable) resampling.
   """
   h, w = image.shape[:2]
   key_scale, key_y, key_x = jax.random.split(key, 3)
-  scale = jax.random.uniform(key_scale, (), minval=min_scale, maxval=1.0)
+  scale = jax.random.uniform(key_scale, (), minval=min_scale, maxval=max_scale)
   side = scale * min(h, w)
   top = jax.random.uniform(key_y, ()) * (h - side)
   left = jax.random.uniform(key_x, ()) * (w - side)
@@ -106,8 +107,14 @@ def random_crop(key, image, size, min_scale):
       jnp.stack([-top * factor, -left * factor]), 'linear', antialias=True)
 
 
-def augment(key, rgb, acc, *, num, size, min_scale=0.8, max_blur_sigma=10.0):
+def augment(key, rgb, acc, *, num, size, min_scale=0.8, max_scale=1.0, max_blur_sigma=10.0,
+            background_after_crop=False, blur_radius=None):
   """Dream Fields' augmentations: A random backgrounds and crops of each of B renders.
+
+  By default the background is made at the render's size and the composite cropped. With
+  background_after_crop, as Dream Fields' augment.py does it, the render and its opacity are
+  cropped and resized to S first and composited over a background made at S, blurred within
+  blur_radius (Dream Fields: 7, a 15-pixel kernel), so its squares and blur are in CLIP pixels.
 
   Args:
     key: PRNG key.
@@ -115,17 +122,25 @@ def augment(key, rgb, acc, *, num, size, min_scale=0.8, max_blur_sigma=10.0):
     acc: float32 [B, H, W] their accumulated opacity.
     num: A copies per render.
     size: S, the output size (CLIP's input size).
-    min_scale: smallest crop side as a share of the render's.
+    min_scale, max_scale: the crop side's range as a share of the render's.
     max_blur_sigma: the background blur's sigma ~ U(0, max) in pixels.
+    background_after_crop: composite after the crop, at S (see above).
+    blur_radius: the blur's radius (None: a third of the background's side).
 
   Returns:
     float32 [B * A, S, S, 3] in [0, 1] (render-major: copies of render 0 first).
   """
   b, h, w, _ = rgb.shape
   keys = jax.random.split(key, (b, num, 2))
-  backgrounds = jax.vmap(jax.vmap(lambda k: random_background(k, h, w, max_blur_sigma)))(
-      keys[:, :, 0])
-  images = composite(rgb[:, None], acc[:, None], backgrounds)  # [B, A, H, W, 3]
-  crops = jax.vmap(jax.vmap(lambda k, x: random_crop(k, x, size, min_scale)))(keys[:, :, 1],
-                                                                               images)
+  crop = jax.vmap(jax.vmap(lambda k, x: random_crop(k, x, size, min_scale, max_scale)))
+  if background_after_crop:
+    layers = jnp.concatenate([rgb, acc[..., None]], axis=-1)  # [B, H, W, 4]
+    crops = crop(keys[:, :, 1], jnp.broadcast_to(layers[:, None], (b, num, h, w, 4)))
+    backgrounds = jax.vmap(jax.vmap(lambda k: random_background(
+        k, size, size, max_blur_sigma, blur_radius)))(keys[:, :, 0])
+    crops = composite(crops[..., :3], crops[..., 3], backgrounds)  # [B, A, S, S, 3]
+  else:
+    backgrounds = jax.vmap(jax.vmap(lambda k: random_background(
+        k, h, w, max_blur_sigma, blur_radius)))(keys[:, :, 0])
+    crops = crop(keys[:, :, 1], composite(rgb[:, None], acc[:, None], backgrounds))
   return jnp.clip(crops.reshape(b * num, size, size, 3), 0.0, 1.0)

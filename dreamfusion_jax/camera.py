@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 VIEW_NAMES = ('front', 'side', 'back', 'overhead')
+# Side stream of the elevation key for the uniform-area draws (sample_cameras).
+UNIFORM_AREA_STREAM = 1
 
 
 @flax.struct.dataclass
@@ -185,7 +187,7 @@ def sample_cameras(key, batch_size, *, width, elevation_range_deg=(-10.0, 90.0),
 
   elevation = uniform(key_el, elevation_range_deg)
   if uniform_sphere_rate > 0:  # New keys only here: rate 0 keeps the paper's draws bit for bit.
-    key_area, key_pick = jax.random.split(jax.random.fold_in(key_el, 1))
+    key_area, key_pick = jax.random.split(jax.random.fold_in(key_el, UNIFORM_AREA_STREAM))
     sines = jnp.sin(jnp.deg2rad(jnp.asarray(elevation_range_deg, jnp.float32)))
     by_area = jnp.rad2deg(jnp.arcsin(uniform(key_area, sines)))
     by_area = jnp.clip(by_area, *elevation_range_deg)  # arcsin's rounding.

@@ -92,7 +92,7 @@ class Clip:
     import transformers  # pylint: disable=g-import-not-at-top
     transformers.utils.logging.set_verbosity_error()  # One deprecation line per Flax model.
     try:
-      folder = models.resolve(path_or_id)
+      folder = models.resolve(path_or_id, models.clip_files(from_pt, allow_pickle))
     except models.ModelError as e:
       raise models.ModelError(
           f'CLIP model {str(path_or_id)!r} not found ({e}). Pass a transformers CLIP folder '

@@ -55,10 +55,9 @@ import sys
 import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from dreamfusion_jax import camera, clip, host_memory, models, render, shading, toy, train
+from dreamfusion_jax import build, camera, clip, host_memory, models, render, shading, toy
 from dreamfusion_jax.toy import world
 
 ELEVATION_DEG = 30.0
@@ -160,16 +159,16 @@ def true_renders(color, shape, cameras, size):
   return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
 
 
-def render_scene(config, model, params, cameras, size):
+def render_scene(renderer, params, cameras, size):
   """Albedo, colour (Lambertian) and textureless renders and opacity over a white background.
 
-  The run's own sampling settings (train.make_render_fn), deterministic; all views are rendered
-  together in chunks of at most config.render.chunk_size rays. The shaded renders use the run's
-  light colour and ambient with a point light at the camera (as the exported turntable).
+  The run's own sampling settings, deterministic (its build.Run's renderer); all views are
+  rendered together in chunks of at most renderer.chunk_size rays. The shaded renders use the
+  run's light colour and ambient with a point light at the camera (as the exported turntable).
 
   Args:
-    config: the run's ml_collections.ConfigDict (its render and shading settings).
-    model: the NeRF module (train.make_nerf(config), or any field with its interface).
+    renderer: a render.Renderer (build.build(config).renderer, or one around any field with the
+      NeRF's interface).
     params: the train state's params; only params['nerf'] is used.
     cameras: camera.Cameras of V views.
     size: int, H = W.
@@ -178,15 +177,14 @@ def render_scene(config, model, params, cameras, size):
     dict of float32 arrays in [0, 1]: albedo, color (albedo under the light), textureless
     (white under the light) [V, H, W, 3]; opacity [V, H, W].
   """
-  render_chunk = train.make_chunk_renderer(config, model)
   white = jnp.asarray(world.BACKGROUND, jnp.float32)
   rays = camera.generate_rays(cameras.c2w, cameras.focal, size, size)  # [V, H, W]
-  chunk_size = min(config.render.chunk_size, len(cameras.c2w) * size * size)
+  chunk_size = min(renderer.chunk_size, len(cameras.c2w) * size * size)
   renders = {}
   for name, mode in (('albedo', shading.ALBEDO), ('color', shading.LAMBERTIAN),
                      ('textureless', shading.TEXTURELESS)):
     rgb, _, opacity = render.render_image(
-        lambda r, mode=mode: render_chunk(
+        lambda r, mode=mode: renderer.chunk(
             params['nerf'], r, jnp.broadcast_to(white, r.origins.shape), mode, False),
         rays, chunk_size)
     renders[name] = np.clip(np.asarray(rgb, np.float32), 0, 1)
@@ -294,44 +292,18 @@ def view_strip(albedo, opacity, true_alpha=None, threshold=THRESHOLD, color=None
 
 
 def load_config(workdir):
-  """The ml_collections.ConfigDict of the DreamFusion run in `workdir`; raises EvalError."""
+  """The ml_collections.ConfigDict of the text-to-3D run in `workdir`; raises EvalError."""
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise EvalError(f'--workdir {workdir} is not a folder: pass the folder of a DreamFusion run')
-  config_file = workdir / 'config.json'
-  if not config_file.is_file():
-    raise EvalError(f'{config_file} not found: --workdir must be a text-to-3D run folder')
   try:
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  except ValueError as e:
-    raise EvalError(f'{config_file} is not a run config ({e})') from e
+    config = build.read_config(workdir)
+  except build.ConfigError as e:
+    raise EvalError(f'{e} (--workdir must be a text-to-3D run folder)') from e
   if config.get('method') not in ('dreamfusion', 'dreamfields'):
-    raise EvalError(f'{config_file} is a config.method={config.get("method")!r} run: only '
-                    'text-to-3D (DreamFusion, Dream Fields) runs can be evaluated')
+    raise EvalError(f'{workdir / "config.json"} is a config.method={config.get("method")!r} '
+                    'run: only text-to-3D (DreamFusion, Dream Fields) runs can be evaluated')
   return config
-
-
-def check_checkpoints(workdir):
-  """Raises EvalError unless `workdir`/checkpoints holds at least one step folder."""
-  folder = pathlib.Path(workdir) / 'checkpoints'
-  # Checked before opening them: the Checkpointer would create a missing folder.
-  if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
-    raise EvalError(f'{folder} holds no checkpoint: train the run first (python -m '
-                    'dreamfusion_jax.main --config ... --workdir ...)')
-
-
-def restore_params(config, workdir):
-  """(params, step) of the newest readable checkpoint of a run; raises EvalError."""
-  workdir = pathlib.Path(workdir)
-  check_checkpoints(workdir)
-  model, background_model = train.make_nerf(config), train.make_background(config)
-  template = train.init_dreamfusion_state(config, model, background_model,
-                                          train.make_optimizer(config))
-  ckpt, state, step = train.open_checkpoints(config, workdir, template)
-  ckpt.close()
-  if state is None:
-    raise EvalError(f'{workdir / "checkpoints"} holds no readable checkpoint')
-  return state.params, int(step)
 
 
 def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name='',
@@ -352,9 +324,13 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
     (results, strip): the eval.json dict (keys as in the module docstring; `views` one dict
     per camera) and the uint8 view_strip image.
   """
-  params, step = restore_params(config, workdir)
+  try:
+    loaded = build.load_run(workdir, config)
+  except build.ConfigError as e:
+    raise EvalError(str(e)) from e
+  params, step = loaded.state.params, loaded.step
   cameras = eval_cameras(num_views, size)
-  renders = render_scene(config, train.make_nerf(config), params, cameras, size)
+  renders = render_scene(loaded.run.renderer, params, cameras, size)
   albedo, opacity = renders['albedo'], renders['opacity']
   caption_list, true_index = caption_set(prompt, captions)
   ranks, top = retrieve(clip_model, renders['color'], caption_list, true_index)
@@ -427,7 +403,7 @@ def _read_captions(path):
 
 
 def prompt_runs(workdir):
-  """The per-prompt folders of a many-prompt run (train.prompt_dirs order), or [] for one run."""
+  """The per-prompt folders of a many-prompt run (many_prompts.prompt_dirs order), or [] for one run."""
   folder = pathlib.Path(workdir) / 'prompts'
   if (pathlib.Path(workdir) / 'checkpoints').is_dir() or not folder.is_dir():
     return []
@@ -511,7 +487,7 @@ def main(argv=None):
     else:
       captions = None if args.captions is None else _read_captions(args.captions)
     for run in runs:
-      check_checkpoints(run)  # Before the slow CLIP load.
+      build.check_checkpoints(run)  # Before the slow CLIP load.
     clip_models = _load_clips(args.clip)
     results = []
     for run, config, prompt in zip(runs, configs, prompts):
@@ -522,7 +498,7 @@ def main(argv=None):
       iio.imwrite(path.with_name('eval_views.png'), strip)
       print(summary(result, path))
       results.append(result)
-  except (EvalError, train.ConfigError) as e:
+  except (EvalError, build.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if len(runs) > 1:

@@ -1,5 +1,9 @@
 """Exporting a trained scene: density grids, marching-cubes meshes, mesh files, turntable videos.
 
+`export_assets(run, workdir, params)` writes a run's turntable.mp4 and mesh.glb/.obj/.ply (the
+end of every text-to-3D run); `python -m dreamfusion_jax.export --workdir W` does the same for
+the newest checkpoint of any run folder.
+
 The mesh is the `threshold` level set of the NeRF density sampled on a regular grid over the cube
 [-bound, bound]^3 (world coordinates, world up +z as in `camera`). Its triangles wind
 counter-clockwise seen from outside (trimesh's convention), so face and vertex normals point
@@ -12,11 +16,13 @@ import pathlib
 import warnings
 
 import imageio.v2 as imageio
+import jax
 import jax.numpy as jnp
 import numpy as np
 import skimage.measure
 import trimesh
 
+from dreamfusion_jax import build
 from dreamfusion_jax import camera
 
 MESH_FORMATS = ('glb', 'obj', 'ply')
@@ -255,31 +261,67 @@ def write_video(path, frames, fps=30):
   return path
 
 
+def export_assets(run, workdir, params):
+  """Writes the turntable video (albedo | normals | textureless) and the mesh files.
+
+  Args:
+    run: the build.Run of the trained scene (its config's export settings).
+    workdir: the folder that receives them.
+    params: the trained {'nerf', 'background'} (host or single-device arrays).
+
+  Returns:
+    (path of turntable.mp4, {format: path} of the mesh files).
+  """
+  ex, model = run.config.export, run.model
+  focal = float(camera.focal_from_fov(ex.video_fov_deg, ex.video_size))
+  frames = turntable_frames(
+      lambda c2w, f: run.renderer(params, c2w, f, ex.video_size)[:3], ex.video_frames,
+      elevation_deg=ex.video_elevation_deg, distance=ex.video_distance, focal=focal,
+      height=ex.video_size, width=ex.video_size)
+  video = write_video(pathlib.Path(workdir) / 'turntable.mp4', frames, fps=ex.video_fps)
+  density = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[0])
+  albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
+  grid = density_grid(lambda x: density(params['nerf'], x), ex.mesh_resolution, ex.mesh_bound)
+  mesh = extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold,
+                      color_fn=lambda x: np.asarray(albedo(params['nerf'], x)))
+  paths = write_mesh(mesh, workdir, 'mesh')
+  print(f'wrote {video} and {", ".join(str(p) for p in paths.values())} '
+        f'({len(mesh.faces)} faces)')
+  return video, paths
+
+
+def export_from_checkpoint(workdir, threshold=None):
+  """Exports the assets of the newest good checkpoint in `workdir` (with its saved config).
+
+  Args:
+    workdir: the folder of a text-to-3D run.
+    threshold: density level of the mesh surface, or None for the run config's.
+
+  Raises:
+    build.ConfigError: no run config or no readable checkpoint there.
+  """
+  config = build.read_config(workdir)
+  if threshold is not None:
+    config.export.mesh_threshold = threshold
+  loaded = build.load_run(workdir, config)
+  print(f'exporting checkpoint {loaded.step} of {workdir}')
+  return export_assets(loaded.run, workdir, loaded.state.params)
+
+
 def main(argv=None):
   """`python -m dreamfusion_jax.export --workdir W`: video and mesh from W's newest checkpoint."""
   import argparse  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   # Run as __main__, this module's classes are copies: use the package's own ExportError.
   from dreamfusion_jax import export as export_lib  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument('--workdir', required=True, help='the folder of a DreamFusion run')
   parser.add_argument('--threshold', type=float, default=None,
                       help='density level of the mesh surface (default: the run config\'s)')
   args = parser.parse_args(argv)
-  config_file = pathlib.Path(args.workdir) / 'config.json'
-  if not config_file.is_file():
-    print(f'error: {config_file} not found: --workdir must be a DreamFusion run folder',
-          file=sys.stderr)
-    return 2
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  if args.threshold is not None:
-    config.export.mesh_threshold = args.threshold
   try:
-    train.export_from_checkpoint(config, args.workdir)
-  except (train.ConfigError, export_lib.ExportError) as e:
+    export_lib.export_from_checkpoint(args.workdir, args.threshold)
+  except (build.ConfigError, export_lib.ExportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   return 0

@@ -11,6 +11,40 @@ Classifier-free guidance: eps_hat = eps_u + s (eps_c - eps_u), cond and uncond i
 an argument of a jitted function (never close over it, which would bake the weights into the
 compiled program as constants). Its parameters have no optimiser state and receive no gradient.
 
+Use (a hub id or a diffusers folder; a folder with `vae/` is a latent model, without it a
+pixel-space one):
+
+    from dreamfusion_jax import guidance
+    model = guidance.Diffusion.from_pretrained('stabilityai/stable-diffusion-2-1-base',
+                                               dtype=jnp.bfloat16, from_pt=True)
+    emb = model.encode_views('a DSLR photo of a peacock on a surfboard', negative_prompt='')
+    views = jnp.array([0, 2])                  # camera.view_labels of the rendered cameras
+    images = guidance.resize_images(renders, model.resolution)  # [B, 64, 64, 3] -> [B, 512, 512, 3]
+    t, noise = model.sample_t_and_noise(key, 2, t_range=(0.02, 0.98))
+    grad, aux = model.sds_grad(images, emb.select(views), t, noise, guidance_scale=100.0)
+    loss, aux = model.sds_loss(images, emb.select(views), key, guidance_scale=100.0)  # for optax
+
+- `from_pretrained(path_or_id, dtype=jnp.float32, from_pt=False, allow_pickle=False)`: Flax
+  msgpack weights, or PyTorch `.safetensors` with `from_pt=True` (converted with diffusers' own
+  key mapping, no torch needed). Pickled `.bin` files can run code when loaded and are refused
+  unless `allow_pickle=True`. A saved config the Flax port would silently compute differently
+  (for example `norm_num_groups` other than 32) is refused with the field's name.
+- `encode_text(prompts, negative_prompts)` returns conditional and unconditional (negative
+  prompt, default '') embeddings, cached per string; `encode_views(prompt)` gives the four
+  view-dependent prompts ("<prompt>, front view", side, back, overhead) in the order of
+  `camera.VIEW_NAMES`, and `emb.select(camera.view_labels(...))` picks one per camera.
+- `sds_grad(images, emb, t, noise, guidance_scale, weighting='sigma2')`: images [B, H, W, 3] in
+  [0, 1] at `model.resolution`, scaled to [-1, 1] for the model; t in (0, 1) is a fraction of the
+  training schedule (index round(t (T - 1))); noise has `model.latent_shape(B)` (NHWC);
+  v-prediction models are converted to epsilon. The returned gradient is w(t) (eps_hat - eps)
+  pulled back to the [0, 1] images (so it includes the factor 2 of the [-1, 1] scaling and, for
+  latent models, the encoder Jacobian and scaling factor); `aux` holds latent_grad, eps_hat,
+  z_t, weight, timesteps, alpha_bar. Weightings: sigma2 (paper, 1 - abar), sigma, uniform.
+- `sds_loss(images, emb, key, guidance_scale, t_range=(0.02, 0.98), weighting='sigma2')` is the
+  surrogate sum(stop_gradient(grad) * images) / B, whose gradient is the SDS gradient averaged
+  over the B views (as the regularisers average over rays).
+- `schedules.linear(step, start=100, end=100, num_steps=N)` schedules the guidance scale.
+
 Letters: B images, H, W image size, h, w, C the model's input (latent or pixel) size, L tokens,
 D text embedding width, T schedule steps.
 """
@@ -137,7 +171,7 @@ class Diffusion:
     """
     import diffusers  # pylint: disable=g-import-not-at-top
     diffusers.utils.logging.set_verbosity_error()
-    folder = models.resolve(path_or_id)
+    folder = models.resolve(path_or_id, models.diffusers_files(from_pt, allow_pickle))
     if models.read_config(folder, 'unet') is None:
       raise models.ModelError(f'{folder} has no unet/config.json: not a diffusers model folder '
                               '(expected unet/, text_encoder/, tokenizer/, scheduler/)')
@@ -324,7 +358,10 @@ class Diffusion:
                weighting='sigma2'):
     """A surrogate loss whose gradient with respect to `images` is the SDS gradient.
 
-    loss = sum(stop_gradient(grad) * images), so an Optax step on it applies SDS.
+    loss = sum(stop_gradient(grad) * images) / B: the mean over the B views, as threestudio
+    reduces it (and as the regularisers, means over rays, are), so a weight tuned at one view
+    per step keeps its balance at any batch_size. Its gradient is the SDS gradient of each view
+    divided by B.
 
     Args:
       images: float32 [B, H, W, 3] renders in [0, 1] (differentiable).
@@ -341,7 +378,7 @@ class Diffusion:
     grad, aux = self.sds_grad(jax.lax.stop_gradient(images), emb, t, noise, guidance_scale,
                               weighting)
     aux = dict(aux, t=t)
-    return jnp.sum(jax.lax.stop_gradient(grad) * images), aux
+    return jnp.sum(jax.lax.stop_gradient(grad) * images) / images.shape[0], aux
 
 
 

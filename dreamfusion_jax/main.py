@@ -22,6 +22,7 @@ from ml_collections import config_flags
 from dreamfusion_jax import export
 from dreamfusion_jax import host_memory
 from dreamfusion_jax import parallel
+from dreamfusion_jax import config_checks
 from dreamfusion_jax import train
 from dreamfusion_jax.data import blender
 
@@ -123,7 +124,8 @@ def main(argv):
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (train.ConfigError, blender.SceneError, export.ExportError, FloatingPointError) as e:
+  except (config_checks.ConfigError, blender.SceneError, export.ExportError,
+          FloatingPointError) as e:
     _fail(str(e))
 
 

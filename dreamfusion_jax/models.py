@@ -54,16 +54,46 @@ SAFETENSORS_WEIGHTS = 'diffusion_pytorch_model.safetensors'
 PICKLE_WEIGHTS = 'diffusion_pytorch_model.bin'
 
 
+# Files of a hub repository that a load reads (exact paths, so neither fp16 copies such as
+# unet/diffusion_pytorch_model.fp16.safetensors nor single-file checkpoints such as
+# v2-1_512-ema-pruned.safetensors at the top level are fetched).
+_TOKENIZER = ('vocab.json', 'merges.txt', 'tokenizer.json', 'tokenizer_config.json',
+              'special_tokens_map.json')
+
+
+def diffusers_files(from_pt, allow_pickle=False):
+  """The files of a diffusers text-to-image repository that Diffusion.from_pretrained reads."""
+  unet_vae = [SAFETENSORS_WEIGHTS] if from_pt else [FLAX_WEIGHTS]
+  text = ['model.safetensors'] if from_pt else ['flax_model.msgpack']
+  if allow_pickle:
+    unet_vae.append(PICKLE_WEIGHTS)
+    text.append('pytorch_model.bin')
+  return ['model_index.json', 'scheduler/scheduler_config.json',
+          *(f'{c}/{f}' for c in ('unet', 'vae') for f in ('config.json', *unet_vae)),
+          *(f'text_encoder/{f}' for f in ('config.json', *text)),
+          *(f'tokenizer/{f}' for f in _TOKENIZER)]
+
+
+def clip_files(from_pt, allow_pickle=False):
+  """The files of a transformers CLIP repository that clip.Clip.from_pretrained reads."""
+  weights = ['model.safetensors'] if from_pt else ['flax_model.msgpack']
+  if allow_pickle:
+    weights.append('pytorch_model.bin')
+  return ['config.json', 'preprocessor_config.json', *_TOKENIZER, *weights]
+
+
 class ModelError(ValueError):
   """A model folder or hub id that cannot be loaded; the message says what to change."""
 
 
-def resolve(path_or_id):
+def resolve(path_or_id, files):
   """A local folder for a folder path or a hub id (downloaded through huggingface_hub).
 
   Args:
     path_or_id: str, a local folder or a hub repository id such as
       'stabilityai/stable-diffusion-2-1-base'.
+    files: the repository paths to fetch for a hub id (diffusers_files or clip_files); any the
+      repository lacks are skipped.
 
   Returns:
     pathlib.Path of the folder.
@@ -78,7 +108,7 @@ def resolve(path_or_id):
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   try:
     return pathlib.Path(huggingface_hub.snapshot_download(
-        str(path_or_id), allow_patterns=['*.json', '*.txt', '*.msgpack', '*.safetensors']))
+        str(path_or_id), allow_patterns=list(files)))
   except Exception as e:  # pylint: disable=broad-except
     raise ModelError(f'could not fetch hub model {path_or_id!r} ({type(e).__name__}); offline? '
                      'pass a local diffusers folder instead') from e

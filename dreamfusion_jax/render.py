@@ -1,5 +1,10 @@
 """Volume rendering: sampling along rays, alpha compositing, hierarchical resampling, chunking.
 
+Chunking comes in three kinds: `render_image` renders an image of any size in fixed-size calls
+(previews, exports, evaluation); inside a training step `remat_chunks` recomputes chunks of rays
+in the backward pass (memory) and `independent_chunks` renders independent groups (concurrency
+on a CPU). `Renderer` is the deterministic, chunked render of a trained scene.
+
 Rays are cones (mip-NeRF): each interval [t0, t1] of a ray is a conical frustum approximated by a
 Gaussian, so the field sees integrated positional encodings. Sampling is hierarchical with one
 field evaluated at every level (mip-NeRF): stratified samples first, then samples drawn from the
@@ -9,9 +14,16 @@ metric distance.
 Letters: R rays, S samples per ray (S + 1 interval edges).
 """
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from dreamfusion_jax import camera
+from dreamfusion_jax import nerf
+from dreamfusion_jax import shading
 
 
 @flax.struct.dataclass
@@ -257,3 +269,134 @@ def render_image(render_fn, rays, chunk_size):
   return jax.tree.map(
       lambda *xs: jnp.concatenate(xs)[:count].reshape(batch_shape + xs[0].shape[1:]), *chunks)
 
+
+def _interleave(count, num_chunks):
+  """(split, merge) between [count, ...] and [num_chunks, count / num_chunks, ...].
+
+  Chunk c holds rows c, c + num_chunks, ..., so a ray batch split over devices stays split in
+  every chunk.
+  """
+  if count % num_chunks:
+    raise ValueError(f'{count} rays do not split into {num_chunks} chunks')
+  split = lambda x: x.reshape(count // num_chunks, num_chunks, *x.shape[1:]).swapaxes(0, 1)
+  merge = lambda y: y.swapaxes(0, 1).reshape(count, *y.shape[2:])
+  return split, merge
+
+
+def remat_chunks(fn, key, inputs, num_chunks):
+  """fn(key, *inputs) over the rays in interleaved chunks, each recomputed in the backward pass.
+
+  A lax.scan over jax.checkpoint(fn) keeps one chunk's activations at a time instead of all of
+  them (the NeRF's activations dominate the step's memory), for one more forward pass.
+
+  Args:
+    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
+    key: PRNG key, split into one per chunk.
+    inputs: tuple of pytrees with leading size R (divisible by num_chunks).
+    num_chunks: int.
+
+  Returns:
+    fn's pytree with leading size R, rows in the order of the inputs.
+  """
+  split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
+  body = jax.checkpoint(lambda k, xs: fn(k, *xs))
+  _, outputs = jax.lax.scan(lambda carry, x: (carry, body(*x)), None,
+                            (jax.random.split(key, num_chunks), jax.tree.map(split, inputs)))
+  return jax.tree.map(merge, outputs)
+
+
+def independent_chunks(fn, num_chunks):
+  """fn over the rays as num_chunks independent interleaved groups, for concurrency on a CPU.
+
+  XLA:CPU runs most fused element-wise loops on one thread; with the NeRF of one batch of rays,
+  only one of two cores was busy for 72% of the step (benchmarks/NOTES.md). The groups are separate,
+  unrolled computations with no data between them, which XLA's concurrency-optimised
+  scheduler (build.step_compiler_options) runs side by side on the threads.
+  Nothing is recomputed; each group draws its samples from its own key.
+
+  Args:
+    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
+    num_chunks: int.
+
+  Returns:
+    A function (key, *inputs with leading size R) -> fn's pytree with leading size R, rows in
+    the order of the inputs.
+  """
+
+  def chunked(key, *inputs):
+    split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
+    groups = jax.tree.map(split, inputs)
+    keys = jax.random.split(key, num_chunks)
+    outputs = [fn(keys[c], *jax.tree.map(lambda x, c=c: x[c], groups))
+               for c in range(num_chunks)]
+    return jax.tree.map(lambda *ys: merge(jnp.stack(ys)), *outputs)
+
+  return chunked
+
+
+def render_background(params, rays, background_model):
+  """The background colour behind each ray, float32 [R, 3]."""
+  return background_model.apply(params['background'], rays.directions)
+
+
+def shade_samples(samples, means, *, modes, lights, light_color, ambient):
+  """render_rays' shade function: shading.shade of FieldSamples at their means [R, S, 3]."""
+  return shading.shade(samples.albedo, samples.normals, means, lights, modes,
+                       light_color=light_color, ambient=ambient)
+
+class Renderer:
+  """Deterministic chunked renders of a trained DreamFusion scene (previews, exports, eval).
+
+  The lit modes (LAMBERTIAN, TEXTURELESS) put a point light at the camera with the run's light
+  colour and ambient.
+  """
+
+  def __init__(self, model, background_model, render_fn, *, chunk_size, light_color, ambient):
+    """Args:
+      model, background_model: the NeRF and background modules.
+      render_fn: render_rays with the run's sampling settings bound.
+      chunk_size: int, rays per call.
+      light_color, ambient: the Lambertian light colour and ambient of the shaded modes.
+    """
+    self.chunk_size = chunk_size
+    light = dict(light_color=light_color, ambient=ambient)
+
+    @functools.partial(jax.jit, static_argnums=(3, 4))
+    def chunk(nerf_params, rays, background, mode, with_normals):
+      shade = albedo_colors
+      if mode != shading.ALBEDO:
+        shade = functools.partial(shade_samples, modes=mode, lights=rays.origins[:, None],
+                                  **light)
+      field = nerf.field_fn(model, nerf_params,
+                            with_normals=with_normals or mode != shading.ALBEDO)
+      out = render_fn(jax.random.key(0), field, rays, background=background, shade=shade,
+                      randomized=False)[-1]
+      return out.rgb, out.normals, out.acc
+
+    self.chunk = chunk
+    """fn(nerf_params, rays [R], background float32 [R, 3], mode, with_normals) -> (rgb [R, 3],
+    normals [R, 3] or None, acc [R]); mode (a shading mode index) and with_normals are static."""
+    self._background = jax.jit(background_model.apply)
+
+  def _render(self, params, rays, mode, with_normals=False):
+    return render_image(
+        lambda r: self.chunk(params['nerf'], r, self._background(params['background'],
+                                                                 r.directions),
+                             mode, with_normals), rays, self.chunk_size)
+
+  def __call__(self, params, c2w, focal, size):
+    """Albedo, normal ((n + 1) / 2 over white), textureless and opacity images [size, size, 3].
+
+    Args:
+      params: {'nerf', 'background'} of the trained scene.
+      c2w: float32 [4, 4] camera-to-world matrix (camera's convention).
+      focal: float, focal length in pixels.
+      size: int, H = W.
+    """
+    rays = camera.generate_rays(c2w, focal, size, size)
+    albedo, normals, acc = self._render(params, rays, shading.ALBEDO, with_normals=True)
+    textureless, _, _ = self._render(params, rays, shading.TEXTURELESS)
+    unit = normals / jnp.maximum(jnp.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+    normal_img = (0.5 * (unit + 1.0)) * acc[..., None] + (1.0 - acc[..., None])
+    opacity = jnp.broadcast_to(acc[..., None], albedo.shape)
+    return [np.asarray(jnp.clip(x, 0, 1)) for x in (albedo, normal_img, textureless, opacity)]

@@ -3,11 +3,17 @@
 import jax.numpy as jnp
 
 
-def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_multiplier=0.01):
-  """Log-linear interpolation from `init` to `final` over `num_steps`, with a sine warm-up.
+WARMUP_SHAPES = ('sine', 'exponential')
+
+
+def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_multiplier=0.01,
+                      warmup_shape='sine'):
+  """Log-linear interpolation from `init` to `final` over `num_steps`, with a warm-up.
 
   This is mip-NeRF's learning-rate schedule: during the first `warmup_steps` the value is also
-  multiplied by a factor rising smoothly from `warmup_multiplier` to 1.
+  multiplied by a factor rising from `warmup_multiplier` to 1, along a quarter sine (mip-NeRF)
+  or exponentially, warmup_multiplier^(1 - step / warmup_steps) (Dream Fields' schedule.py:
+  1e-5 -> 1e-4 is multiplier 0.1).
 
   Args:
     step: int or int32 scalar, the current step.
@@ -15,6 +21,7 @@ def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_mu
     num_steps: int > 0, the length of the schedule.
     warmup_steps: int >= 0.
     warmup_multiplier: float in (0, 1], the multiplier at step 0.
+    warmup_shape: one of WARMUP_SHAPES.
 
   Returns:
     float32 scalar.
@@ -23,7 +30,10 @@ def log_linear_warmup(step, *, init, final, num_steps, warmup_steps=0, warmup_mu
   value = jnp.exp(jnp.log(init) * (1.0 - progress) + jnp.log(final) * progress)
   if warmup_steps > 0:
     ramp = jnp.clip(step / warmup_steps, 0.0, 1.0)
-    value *= warmup_multiplier + (1.0 - warmup_multiplier) * jnp.sin(0.5 * jnp.pi * ramp)
+    if warmup_shape == 'exponential':
+      value *= jnp.exp(jnp.log(warmup_multiplier) * (1.0 - ramp))
+    else:
+      value *= warmup_multiplier + (1.0 - warmup_multiplier) * jnp.sin(0.5 * jnp.pi * ramp)
   return value
 
 

@@ -1,7 +1,7 @@
 """Pure training steps: classic NeRF's photometric step and DreamFusion's SDS step.
 
 Each step is `(state, ...inputs) -> (state, metrics)` with every hyperparameter an explicit
-argument (bound with functools.partial by train.py, then jitted). Randomness comes only from
+argument (bound with functools.partial by build.py, then jitted). Randomness comes only from
 fold_in(state.key, state.step), so a run is reproducible bit for bit and resumes exactly.
 
 Letters: B views, H, W render size, R rays, S samples per ray.
@@ -9,6 +9,7 @@ Letters: B views, H, W render size, R rays, S samples per ray.
 
 import dataclasses
 import functools
+from typing import Any
 
 import flax
 import jax
@@ -20,8 +21,14 @@ from dreamfusion_jax import camera
 from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
 from dreamfusion_jax import nerf
+from dreamfusion_jax import render
 from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
+
+# Side streams: an optional loss draws from a key of its own, folded in with these numbers, so
+# that switching it on leaves every other draw of the step as it was.
+CLIP_STREAM = 2  # fold_in(step key, CLIP_STREAM): Dream Fields' augmentations.
+SMOOTHNESS_STREAM = 1  # fold_in(key_render, SMOOTHNESS_STREAM): the smoothness offsets.
 
 
 @flax.struct.dataclass
@@ -95,7 +102,7 @@ def photometric_step(state, pixels, *, model, optimizer, render_fn, batch_size, 
 
 @dataclasses.dataclass(frozen=True)
 class SDSSettings:
-  """The static hyperparameters of DreamFusion's step (built from the config by train.py).
+  """The static hyperparameters of DreamFusion's step (built from the config by build.py).
 
   Attributes:
     batch_size: views per step B.
@@ -124,11 +131,23 @@ class SDSSettings:
     clip_min_scale: smallest random crop, as a share of the render's side.
     clip_blur_sigma: the random background's blur sigma ~ U(0, this) in pixels.
     transmittance_weight: weight of Dream Fields' transmittance loss (0: none).
-    transmittance_target: (start, end, num_steps) of the linear target-transmittance schedule.
+    transmittance_target: (start, end, num_steps) of the target-transmittance schedule.
+    transmittance_schedule: 'linear' in the transmittance, or 'exponential': Dream Fields'
+      target opacity 1 - start -> 1 - end, exponential over num_steps, times
+      opacity_target_scale and capped at 1 (lib.py's focal and radius factor).
+    opacity_target_scale: that factor (1: none).
+    clip_max_scale: largest random crop, as a share of the render's side.
+    clip_background_after_crop: random backgrounds made at CLIP's size after the crop (Dream
+      Fields' augment.py) rather than at the render's before it.
+    clip_blur_radius: the background blur's radius in pixels (None: a third of its side).
     remat_chunks: 0 or 1 renders all rays at once; N > 1 renders them in N chunks recomputed in
-      the backward pass (remat_chunks), for memory of about one chunk's NeRF activations.
+      the backward pass (remat_chunks), for memory of about one chunk's NeRF activations; -1
+      (automatic, resolved by build.fitted_step before a run's first step) renders them at once.
     parallel_chunks: 1 renders the rays (of each remat chunk) as one batch; N > 1 as N
       independent groups (independent_chunks), which XLA:CPU runs concurrently on its threads.
+    entropy_ramp_steps: 0 keeps entropy_weight constant; N > 0 ramps it linearly from 0 over N
+      steps (stable-dreamfusion's min(1, 2 step / iters) with N = iters / 2).
+    grad_clip: the optimiser's global-norm clip (0: none), reported as the metric `clipped`.
   """
   batch_size: int
   height: int
@@ -158,6 +177,13 @@ class SDSSettings:
   transmittance_target: tuple = (0.5, 0.9, 500)
   remat_chunks: int = 0
   parallel_chunks: int = 1
+  entropy_ramp_steps: int = 0
+  grad_clip: float = 0.0
+  transmittance_schedule: str = 'linear'
+  opacity_target_scale: float = 1.0
+  clip_max_scale: float = 1.0
+  clip_background_after_crop: bool = False
+  clip_blur_radius: Any = None
 
 
 def _schedule(step, spec):
@@ -196,99 +222,24 @@ def render_views(key, params, cameras, modes, lights, *, model, background_model
   rays = camera.generate_rays(cameras.c2w, cameras.focal, h, w).reshape(-1)
   if shard is not None:
     rays = jax.tree.map(shard, rays)
-  background = render_background(params, rays, background_model)
+  background = render.render_background(params, rays, background_model)
   field = nerf.field_fn(model, params['nerf'], with_normals=True)
   per_ray = lambda x: jnp.repeat(x, h * w, axis=0)  # [R, ...]: each view's value per ray.
 
   def render_chunk(key, rays, background, modes, lights):
-    shade = functools.partial(shade_samples, modes=modes[:, None, None], lights=lights[:, None],
+    shade = functools.partial(render.shade_samples, modes=modes[:, None, None], lights=lights[:, None],
                               light_color=settings.light_color, ambient=settings.ambient)
     return render_fn(key, field, rays, background=background, shade=shade,
                      randomized=randomized)[-1]
 
   inputs = (rays, background, per_ray(modes), per_ray(lights))
   if settings.parallel_chunks > 1:
-    render_chunk = independent_chunks(render_chunk, settings.parallel_chunks)
+    render_chunk = render.independent_chunks(render_chunk, settings.parallel_chunks)
   if settings.remat_chunks > 1:
-    out = remat_chunks(render_chunk, key, inputs, settings.remat_chunks)
+    out = render.remat_chunks(render_chunk, key, inputs, settings.remat_chunks)
   else:
     out = render_chunk(key, *inputs)
   return out.rgb.reshape(b, h, w, 3), out, rays
-
-
-def _interleave(count, num_chunks):
-  """(split, merge) between [count, ...] and [num_chunks, count / num_chunks, ...].
-
-  Chunk c holds rows c, c + num_chunks, ..., so a ray batch split over devices stays split in
-  every chunk.
-  """
-  if count % num_chunks:
-    raise ValueError(f'{count} rays do not split into {num_chunks} chunks')
-  split = lambda x: x.reshape(count // num_chunks, num_chunks, *x.shape[1:]).swapaxes(0, 1)
-  merge = lambda y: y.swapaxes(0, 1).reshape(count, *y.shape[2:])
-  return split, merge
-
-
-def remat_chunks(fn, key, inputs, num_chunks):
-  """fn(key, *inputs) over the rays in interleaved chunks, each recomputed in the backward pass.
-
-  A lax.scan over jax.checkpoint(fn) keeps one chunk's activations at a time instead of all of
-  them (the NeRF's activations dominate the step's memory), for one more forward pass.
-
-  Args:
-    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
-    key: PRNG key, split into one per chunk.
-    inputs: tuple of pytrees with leading size R (divisible by num_chunks).
-    num_chunks: int.
-
-  Returns:
-    fn's pytree with leading size R, rows in the order of the inputs.
-  """
-  split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
-  body = jax.checkpoint(lambda k, xs: fn(k, *xs))
-  _, outputs = jax.lax.scan(lambda carry, x: (carry, body(*x)), None,
-                            (jax.random.split(key, num_chunks), jax.tree.map(split, inputs)))
-  return jax.tree.map(merge, outputs)
-
-
-def independent_chunks(fn, num_chunks):
-  """fn over the rays as num_chunks independent interleaved groups, for concurrency on a CPU.
-
-  XLA:CPU runs most fused element-wise loops on one thread; with the NeRF of one batch of rays,
-  only one of two cores was busy for 72% of the step (benchmarks/NOTES.md). The groups are separate,
-  unrolled computations with no data between them, which XLA's concurrency-optimised
-  scheduler (make_dreamfusion_step's compiler option) runs side by side on the threads.
-  Nothing is recomputed; each group draws its samples from its own key.
-
-  Args:
-    fn: (key, *inputs with leading size R / num_chunks) -> pytree with that leading size.
-    num_chunks: int.
-
-  Returns:
-    A function (key, *inputs with leading size R) -> fn's pytree with leading size R, rows in
-    the order of the inputs.
-  """
-
-  def chunked(key, *inputs):
-    split, merge = _interleave(jax.tree.leaves(inputs)[0].shape[0], num_chunks)
-    groups = jax.tree.map(split, inputs)
-    keys = jax.random.split(key, num_chunks)
-    outputs = [fn(keys[c], *jax.tree.map(lambda x, c=c: x[c], groups))
-               for c in range(num_chunks)]
-    return jax.tree.map(lambda *ys: merge(jnp.stack(ys)), *outputs)
-
-  return chunked
-
-
-def render_background(params, rays, background_model):
-  """The background colour behind each ray, float32 [R, 3]."""
-  return background_model.apply(params['background'], rays.directions)
-
-
-def shade_samples(samples, means, *, modes, lights, light_color, ambient):
-  """render_rays' shade function: shading.shade of FieldSamples at their means [R, S, 3]."""
-  return shading.shade(samples.albedo, samples.normals, means, lights, modes,
-                       light_color=light_color, ambient=ambient)
 
 
 def surface_smoothness(key, params, out, rays, *, model, radius):
@@ -331,9 +282,63 @@ def clip_guidance(key, rgb, acc, background, clip_model, clip_text, labels, sett
   foreground = rgb - (1.0 - acc[..., None]) * background
   images = augment.augment(key, foreground, acc, num=settings.clip_augmentations,
                            size=clip_model.image_size, min_scale=settings.clip_min_scale,
-                           max_blur_sigma=settings.clip_blur_sigma)
+                           max_scale=settings.clip_max_scale,
+                           max_blur_sigma=settings.clip_blur_sigma,
+                           background_after_crop=settings.clip_background_after_crop,
+                           blur_radius=settings.clip_blur_radius)
   text = jnp.repeat(jnp.take(clip_text, labels, axis=0), settings.clip_augmentations, axis=0)
   return guidance.clip_loss(clip_model, images, text)
+
+
+def transmittance_target(step, settings):
+  """The target transmittance of Dream Fields' loss at `step` (float32 scalar)."""
+  if settings.transmittance_schedule != 'exponential':
+    return _schedule(step, settings.transmittance_target)
+  start, end, num_steps = settings.transmittance_target
+  opacity = schedules.log_linear_warmup(step, init=1.0 - start, final=1.0 - end,
+                                        num_steps=num_steps)
+  return 1.0 - jnp.minimum(1.0, settings.opacity_target_scale * opacity)
+
+
+def sample_views(key, step, settings):
+  """The step's random cameras [B], point lights float32 [B, 3], shading modes and view labels.
+
+  Args:
+    key: the step's key (fold_in(state.key, state.step)).
+    step: int32 scalar, the step (shading warm-up).
+    settings: SDSSettings.
+
+  Returns:
+    (camera.Cameras [B], lights float32 [B, 3], modes int32 [B], labels int32 [B]) and the keys
+    (key_render, key_sds, key_clip) of the rest of the step.
+  """
+  key_camera, key_light, key_shading, key_render, key_sds = jax.random.split(key, 5)
+  key_clip = jax.random.fold_in(key, CLIP_STREAM)  # The five above match a run without CLIP.
+  cameras = camera.sample_cameras(key_camera, settings.batch_size, width=settings.width,
+                                  **dict(settings.camera_ranges))
+  positions = cameras.c2w[:, :3, 3]
+  lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, settings.batch_size),
+                                          positions)
+  modes = sample_shading(key_shading, step, settings)
+  labels = camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg)
+  return (cameras, lights, modes, labels), (key_render, key_sds, key_clip)
+
+
+def guarded_update(state, loss, grads, optimizer):
+  """Optax update that leaves params and optimiser state unchanged if loss or gradient is not finite.
+
+  Returns:
+    (new TrainState with step + 1, float32 scalar global gradient norm, bool scalar finite).
+  """
+  grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state))
+  return new_state, grad_norm, finite
 
 
 def dreamfusion_step(state, diffusion, text, clip_model=None, clip_text=None, *, model,
@@ -368,68 +373,69 @@ def dreamfusion_step(state, diffusion, text, clip_model=None, clip_text=None, *,
     The new TrainState and a dict of float32 scalar metrics.
   """
   key = jax.random.fold_in(state.key, state.step)
-  key_camera, key_light, key_shading, key_render, key_sds = jax.random.split(key, 5)
-  key_clip = jax.random.fold_in(key, 2)  # Its own stream: the five above match a run without.
-  cameras = camera.sample_cameras(key_camera, settings.batch_size, width=settings.width,
-                                  **dict(settings.camera_ranges))
-  positions = cameras.c2w[:, :3, 3]
-  lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, settings.batch_size),
-                                          positions)
-  modes = sample_shading(key_shading, state.step, settings)
-  labels = camera.view_labels(cameras.elevation_deg, cameras.azimuth_deg)
-  emb = text.select(labels) if text is not None else None
+  views, keys = sample_views(key, state.step, settings)
   scale = _schedule(state.step, settings.guidance_scale)
   orientation_weight = _schedule(state.step, settings.orientation_weight)
+  entropy_weight = settings.entropy_weight
+  if settings.entropy_ramp_steps:
+    entropy_weight *= jnp.minimum(1.0, state.step / settings.entropy_ramp_steps)
   t_range = (settings.t_range[0], _schedule(state.step, settings.t_max_schedule))
-
-  def loss_fn(params):
-    rgb, out, rays = render_views(key_render, params, cameras, modes, lights, model=model,
-                                  background_model=background_model, render_fn=render_fn,
-                                  settings=settings, shard=shard)
-    images = rgb if shard is None else shard(rgb)
-    orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
-    opacity = losses.opacity(out.acc)
-    entropy = losses.opacity_entropy(out.acc)
-    total = (orientation_weight * orient + settings.opacity_weight * opacity
-             + settings.entropy_weight * entropy)
-    metrics = dict(orientation=orient, opacity=opacity, entropy=entropy, acc=jnp.mean(out.acc))
-    if settings.sds_weight:
-      if diffusion.resolution != settings.height:
-        images = guidance.resize_images(images, diffusion.resolution)
-      sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range, settings.weighting)
-      total = total + settings.sds_weight * sds
-      metrics.update(sds=sds, t=jnp.mean(aux['t']))
-    if settings.clip_weight:
-      b, h, w = settings.batch_size, settings.height, settings.width
-      background = render_background(params, rays, background_model).reshape(b, h, w, 3)
-      clip = clip_guidance(key_clip, rgb, out.acc.reshape(b, h, w), background, clip_model,
-                           clip_text, labels, settings)
-      total = total + settings.clip_weight * clip
-      metrics['clip'] = clip
-    if settings.transmittance_weight:
-      target = _schedule(state.step, settings.transmittance_target)
-      trans = losses.transmittance(out.acc, target)
-      total = total + settings.transmittance_weight * trans
-      metrics.update(transmittance=trans, transmittance_target=jnp.asarray(target, jnp.float32))
-    if settings.smoothness_weight:  # Its own key, so the other draws match a run without it.
-      smooth = surface_smoothness(jax.random.fold_in(key_render, 1), params['nerf'], out, rays,
-                                  model=model, radius=settings.smoothness_radius)
-      total = total + settings.smoothness_weight * smooth
-      metrics['smoothness'] = smooth
-    return total, metrics
-
+  loss_fn = functools.partial(
+      _dreamfusion_loss, step=state.step, views=views, keys=keys, diffusion=diffusion,
+      text=text, clip_model=clip_model, clip_text=clip_text, scale=scale, t_range=t_range,
+      orientation_weight=orientation_weight, entropy_weight=entropy_weight, model=model,
+      background_model=background_model, render_fn=render_fn, settings=settings, shard=shard)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state))
+  new_state, grad_norm, finite = guarded_update(state, loss, grads, optimizer)
+  clipped = (grad_norm > settings.grad_clip) if settings.grad_clip > 0 else jnp.zeros((), bool)
   metrics.update(loss=loss, grad_norm=grad_norm, skipped=1.0 - finite.astype(jnp.float32),
+                 clipped=(clipped & finite).astype(jnp.float32),
                  guidance_scale=jnp.asarray(scale, jnp.float32),
                  orientation_weight=jnp.asarray(orientation_weight, jnp.float32),
+                 entropy_weight=jnp.asarray(entropy_weight, jnp.float32),
                  t_max=jnp.asarray(t_range[1], jnp.float32))
   return new_state, metrics
 
+
+def _dreamfusion_loss(params, *, step, views, keys, diffusion, text, clip_model, clip_text,
+                      scale, t_range, orientation_weight, entropy_weight, model,
+                      background_model, render_fn, settings, shard):
+  """The weighted loss of dreamfusion_step and its metrics, as a function of the params."""
+  cameras, lights, modes, labels = views
+  key_render, key_sds, key_clip = keys
+  rgb, out, rays = render_views(key_render, params, cameras, modes, lights, model=model,
+                                background_model=background_model, render_fn=render_fn,
+                                settings=settings, shard=shard)
+  images = rgb if shard is None else shard(rgb)
+  orient = losses.orientation(out.weights, out.sample_normals, rays.directions)
+  opacity = losses.opacity(out.acc)
+  entropy = losses.opacity_entropy(out.acc)
+  total = (orientation_weight * orient + settings.opacity_weight * opacity
+           + entropy_weight * entropy)
+  metrics = dict(orientation=orient, opacity=opacity, entropy=entropy, acc=jnp.mean(out.acc))
+  if settings.sds_weight:
+    if diffusion.resolution != settings.height:
+      images = guidance.resize_images(images, diffusion.resolution)
+    emb = text.select(labels)
+    sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range, settings.weighting)
+    total = total + settings.sds_weight * sds
+    metrics.update(sds=sds, t=jnp.mean(aux['t']))
+  if settings.clip_weight:
+    b, h, w = settings.batch_size, settings.height, settings.width
+    background = render.render_background(params, rays, background_model).reshape(b, h, w, 3)
+    clip = clip_guidance(key_clip, rgb, out.acc.reshape(b, h, w), background, clip_model,
+                         clip_text, labels, settings)
+    total = total + settings.clip_weight * clip
+    metrics['clip'] = clip
+  if settings.transmittance_weight:
+    target = transmittance_target(step, settings)
+    trans = losses.transmittance(out.acc, target)
+    total = total + settings.transmittance_weight * trans
+    metrics.update(transmittance=trans, transmittance_target=jnp.asarray(target, jnp.float32))
+  if settings.smoothness_weight:  # Its own key, so the other draws match a run without it.
+    smooth = surface_smoothness(jax.random.fold_in(key_render, SMOOTHNESS_STREAM),
+                                params['nerf'], out, rays, model=model,
+                                radius=settings.smoothness_radius)
+    total = total + settings.smoothness_weight * smooth
+    metrics['smoothness'] = smooth
+  return total, metrics

@@ -108,3 +108,22 @@ def test_clip_loss_prefers_the_right_caption_and_gives_a_gradient(toy_clip):
   assert -1.0 <= float(loss(images, right)) <= 1.0
   grad = jax.grad(loss)(images, right)
   assert grad.shape == images.shape and float(jnp.sum(jnp.abs(grad))) > 0
+
+
+def test_background_after_the_crop_is_made_at_clip_size():
+  """Dream Fields' augment.py: crop render and opacity, resize, then composite at CLIP's size."""
+  b, h, size = 1, 16, 24
+  rgb = jax.random.uniform(jax.random.key(7), (b, h, h, 3)) * 0.5
+  acc = jax.random.uniform(jax.random.key(8), (b, h, h))
+  key = jax.random.key(9)
+  out = augment.augment(key, rgb, acc, num=2, size=size, min_scale=0.75, max_scale=0.75,
+                        background_after_crop=True, blur_radius=7)
+  keys = jax.random.split(key, (b, 2, 2))
+  layers = jnp.concatenate([rgb, acc[..., None]], axis=-1)[0]
+  for i in range(2):
+    crop = augment.random_crop(keys[0, i, 1], layers, size, 0.75, 0.75)
+    background = augment.random_background(keys[0, i, 0], size, size, 10.0, radius=7)
+    expected = jnp.clip(crop[..., :3] + (1.0 - crop[..., 3:]) * background, 0.0, 1.0)
+    np.testing.assert_allclose(out[i], expected, atol=1e-5)
+  # A fixed crop scale: both copies crop 12 of the 16 pixels, at their own places.
+  assert not np.allclose(out[0], out[1])

@@ -21,14 +21,6 @@ def toy_clip():
   return clip.Clip.from_pretrained(toy.CLIP_DIR)
 
 
-@pytest.fixture(scope='module')
-def heldout_renders():
-  """Renders of the HELDOUT prompts from random DreamFusion cameras (a key training never used)."""
-  images, _, _, index = world.render_dataset(jax.random.key(2024), world.HELDOUT, 40, 32)
-  true_index = np.asarray([world.PROMPTS.index(p) for p in world.HELDOUT])[index]
-  return images, true_index
-
-
 def tiny_config(vocab):
   import transformers  # pylint: disable=g-import-not-at-top
   transformers.utils.logging.set_verbosity_error()
@@ -62,15 +54,6 @@ def test_shipped_toy_clip_loads(toy_clip):
   assert not set(info['train_prompts']) & set(world.HELDOUT)
 
 
-def test_heldout_r_precision(toy_clip, heldout_renders):
-  images, true_index = heldout_renders
-  ranks = clip.retrieval_ranks(toy_clip.embed_images(images),
-                               toy_clip.embed_text(list(world.PROMPTS)), true_index)
-  # 200 renders, the protocol of train_clip's own held-out figure (chance 1/30), half of them
-  # unlit. The shipped CLIP measures 0.97 on this draw (0.96 on train_clip's own).
-  assert float(clip.r_precision(ranks)) >= 0.9, np.asarray(ranks)
-
-
 def test_retrieval_identity_and_wrong_assignment():
   eye = np.eye(30, dtype=np.float32)
   ranks = clip.retrieval_ranks(eye, eye, np.arange(30))
@@ -99,8 +82,8 @@ def test_retrieval_ranks_closed_form():
   np.testing.assert_array_equal(clip.retrieval_ranks(images, texts, [0, 2]), [1, 2])
 
 
-def test_embed_images_differentiable_and_jittable(toy_clip, heldout_renders):
-  images = jnp.asarray(heldout_renders[0][:4])
+def test_embed_images_differentiable_and_jittable(toy_clip):
+  images = jnp.asarray(world.render_dataset(jax.random.key(2024), world.HELDOUT, 1, 32)[0][:4])
   target = toy_clip.embed_text(['a red cube'])[0]
   grad = jax.grad(lambda x: jnp.sum(toy_clip.embed_images(x) @ target))(images)
   assert grad.shape == images.shape

@@ -8,7 +8,7 @@ import nbclient
 import nbformat
 import pytest
 
-import tiny_models
+from dreamfusion_jax.testing import tiny_models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / 'colab'

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from dreamfusion_jax import host_memory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -410,3 +410,15 @@ def test_conical_frustum_gaussians_on_ray_and_radius_monotone():
   across = 1.0 - d[:, None]**2
   ratio = growth / across
   np.testing.assert_allclose(ratio, np.broadcast_to(ratio[..., :1], ratio.shape), rtol=1e-2)
+
+
+def test_independent_chunks_keep_the_row_order_and_give_each_group_its_key():
+  fn = lambda key, x: (x * 2.0, jnp.broadcast_to(jax.random.uniform(key), x.shape[:1]))
+  x = jnp.arange(24.0).reshape(12, 2)
+  doubled, draws = render.independent_chunks(fn, 3)(jax.random.key(0), x)
+  np.testing.assert_array_equal(doubled, x * 2.0)
+  # Rows c, c + 3, ... form group c and share its draw; the three groups' draws differ.
+  np.testing.assert_array_equal(draws.reshape(4, 3), np.broadcast_to(draws[:3], (4, 3)))
+  assert len(set(np.asarray(draws[:3]).tolist())) == 3
+  with pytest.raises(ValueError, match='12 rays do not split into 5 chunks'):
+    render.independent_chunks(fn, 5)(jax.random.key(0), x)

@@ -29,3 +29,13 @@ def test_linear_schedule():
   assert f(0) == 100.0 and f(40) == 20.0 and f(400) == 20.0
   assert f(10) == pytest.approx(80.0)
   assert float(schedules.linear(123, start=100.0, end=100.0, num_steps=10)) == 100.0
+
+
+def test_exponential_warmup_is_dream_fields_schedule():
+  """Dream Fields' schedule.py: 1e-5 -> 1e-4 exponentially over 1500 steps, then flat."""
+  f = lambda s: float(schedules.log_linear_warmup(
+      s, init=1e-4, final=1e-4, num_steps=10_000, warmup_steps=1500, warmup_multiplier=0.1,
+      warmup_shape='exponential'))
+  for step in (0, 300, 750, 1500, 5000):
+    reference = 1e-5 * (1e-4 / 1e-5)**min(step / 1500, 1.0)
+    assert f(step) == pytest.approx(reference, rel=1e-5), step

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamfusion_jax import camera
 from dreamfusion_jax import guidance
 from dreamfusion_jax import sampling
 from dreamfusion_jax import toy
@@ -27,25 +26,6 @@ def test_shipped_prior_loads_like_a_hub_model_and_is_small(prior):
   assert size < 25e6
   info = json.loads((toy.PRIOR_DIR / 'training.json').read_text())
   assert not set(info['train_prompts']) & set(toy.HELDOUT)
-
-
-def test_shipped_prior_tokenizes_every_caption_word_whole(prior):
-  tokenizer = prior.text.tokenizer
-  for view in camera.VIEW_NAMES:
-    ids = tokenizer(f'a purple cylinder, {view} view').input_ids
-    assert len(ids) == 8  # BOS a purple cylinder , view-name view EOS.
-
-
-def test_prior_samples_have_the_prompts_colour_and_shape(prior):
-  prompts = ['a green cube', 'a orange cone', 'a blue torus', 'a yellow sphere']  # Last: held out.
-  samples = sample_prior.sample_prompts(prior, prompts, jax.random.key(0), num_steps=25)
-  assert samples.shape == (4, 4, 32, 32, 3)
-  accuracy, per_prompt = sample_prior.color_accuracy(samples, prompts)
-  assert accuracy >= 0.75, per_prompt  # Chance is 1/6.
-  from dreamfusion_jax import clip  # pylint: disable=g-import-not-at-top
-  clip_model = clip.Clip.from_pretrained(str(toy.CLIP_DIR))
-  r, per_prompt = sample_prior.clip_r_precision(clip_model, samples, prompts, world.PROMPTS)
-  assert r >= 0.5, per_prompt  # Chance is 1/30; measured 0.62 (the yellow sphere's 0.0 included).
 
 
 def test_color_classifier_ignores_shading():

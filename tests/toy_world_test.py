@@ -1,26 +1,37 @@
 """Tests of the toy world: geometry against closed forms, captions, held-out set, tokenizer."""
 
 import math
+import json
 
 import jax
 import numpy as np
 import pytest
+import transformers
 
 from dreamfusion_jax import camera
 from dreamfusion_jax import toy
+from dreamfusion_jax.data import primitives
+from dreamfusion_jax.data import synthetic
 from dreamfusion_jax.toy import tokenizer as tokenizer_lib
 from dreamfusion_jax.toy import world
 
 
 @pytest.mark.parametrize('distance,focal', [(1.0, 40.0), (1.5, 90.0)])
 def test_sphere_silhouette_has_analytic_area(distance, focal):
+  """The toy world's sphere (radius 0.3) and the synthetic scenes' renderer (data/synthetic.py)
+  both cover the analytic area: a sphere of radius r seen from d subtends asin(r / d)."""
   size = 96
   c2w = np.asarray(camera.look_at(np.array([distance, 0.0, 0.0]), np.zeros(3)))
   _, alpha = world.render_view('red', 'sphere', c2w, focal, size, supersample=4)
   expected = world.sphere_silhouette_area(distance, focal)
   assert alpha.sum() == pytest.approx(expected, rel=0.01)
-  # The formula itself: a sphere of radius r seen from d subtends asin(r / d).
   assert expected > math.pi * (focal * 0.3 / distance)**2
+  r, dist, f = 0.5, 4.0, 200.0  # The synthetic renderer, 1 sample per pixel, from an angle.
+  sphere = primitives.Sphere((0.0, 0.0, 0.0), r, (0.9, 0.2, 0.1))
+  rgba = synthetic.render_view([sphere], synthetic.orbit_pose(dist, 25.0, 40.0), f, 128, 128)
+  area = np.sum(rgba[..., 3] > 0.5)
+  exact = math.pi * (f * r / math.sqrt(dist**2 - r**2)) ** 2
+  assert abs(area - exact) / exact < 0.02
 
 
 def test_unlit_object_has_its_albedo_and_lit_one_is_darker():
@@ -105,10 +116,28 @@ def test_parse_prompt():
     world.make_primitive('red', 'pyramid')
 
 
-def test_toy_tokenizer_keeps_every_caption_word_whole(tmp_path):
-  tokenizer = tokenizer_lib.save_tokenizer(tmp_path, world.WORDS, 16)
+@pytest.mark.parametrize('which', ['fresh', 'shipped prior'])
+def test_toy_tokenizer_keeps_every_caption_word_whole(tmp_path, which):
+  """A tokenizer saved from world.WORDS, and the shipped prior's: one token per caption word."""
+  if which == 'fresh':
+    tokenizer = tokenizer_lib.save_tokenizer(tmp_path, world.WORDS, 16)
+  else:
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(toy.PRIOR_DIR / 'tokenizer'))
   for text in world.PROMPTS:
     for view in camera.VIEW_NAMES:
       words = f'{text}, {view} view'.replace(',', ' ,').split()
       ids = tokenizer(f'{text}, {view} view').input_ids
       assert len(ids) == len(words) + 2 <= 16  # BOS, one token per word or comma, EOS.
+
+
+def test_shipped_tokenizers_list_the_words_they_were_made_from(tmp_path):
+  """words.json beside each shipped vocabulary: world.WORDS, from which that vocabulary comes."""
+  fresh = tmp_path / 'fresh'
+  tokenizer_lib.save_tokenizer(fresh, world.WORDS, 16)
+  assert tokenizer_lib.known_words(fresh) == list(world.WORDS)
+  vocab = json.loads((fresh / 'vocab.json').read_text())
+  for folder in (toy.PRIOR_DIR / 'tokenizer', *toy.EVAL_CLIP_DIRS):
+    assert tokenizer_lib.known_words(folder) == list(world.WORDS), folder
+    assert json.loads((folder / 'vocab.json').read_text()) == vocab, folder
+  assert tokenizer_lib.known_words(tmp_path) is None  # Any other tokenizer: no word list.
+  assert tokenizer_lib.unknown_words('A pink cube, front view', world.WORDS) == ['pink']

@@ -9,8 +9,11 @@ prior and CLIP, the tests' tiny random models) use it instead of CLIP's 49k-toke
 import collections
 import json
 import pathlib
+import re
 
 BOS, EOS = '<|startoftext|>', '<|endoftext|>'
+# The word list a tokenizer folder was made from: what its model can have learnt to read.
+WORDS_FILE = 'words.json'
 
 
 def learn_merges(words):
@@ -65,9 +68,22 @@ def save_tokenizer(folder, words, max_length):
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / 'vocab.json').write_text(json.dumps(vocabulary(words)))
+  (folder / WORDS_FILE).write_text(json.dumps(list(dict.fromkeys(words))))
   merges = ''.join(f'{a} {b}\n' for a, b in learn_merges(words))
   (folder / 'merges.txt').write_text('#version: 0.2\n' + merges)
   tokenizer = transformers.CLIPTokenizer(str(folder / 'vocab.json'), str(folder / 'merges.txt'),
                                          model_max_length=max_length)
   tokenizer.save_pretrained(str(folder))
   return tokenizer
+
+
+def known_words(folder):
+  """The whole words of a tokenizer folder written by save_tokenizer, or None for any other."""
+  path = pathlib.Path(folder).expanduser() / WORDS_FILE
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def unknown_words(text, words):
+  """The words of `text` (lower-cased, split at anything but letters, digits and ') not in words."""
+  known = set(words)
+  return list(dict.fromkeys(w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in known))

@@ -39,6 +39,8 @@ BACKGROUND = (1.0, 1.0, 1.0)
 # formula, so a DreamFusion run with these values sees the same lighting.
 AMBIENT = 0.3
 LIGHT_COLOR = 0.7
+# Side stream of the camera key for look-at jitter (sample_views).
+TARGET_JITTER_STREAM = 1
 # DreamFusion's camera distribution (configs/dreamfusion.py); the toy world is framed for it.
 CAMERA_RANGES = dict(elevation_range_deg=(-10.0, 90.0), azimuth_range_deg=(0.0, 360.0),
                      distance_range=(1.0, 1.5), focal_range=(0.7, 1.35))
@@ -138,7 +140,7 @@ def sample_views(key, num_views, size, target_jitter=0.0):
   key_cam, key_light = jax.random.split(key)
   target = np.zeros(3, np.float32)
   if target_jitter > 0:  # A new key only here: 0 keeps the earlier draws bit for bit.
-    target = jax.random.uniform(jax.random.fold_in(key_cam, 1), (num_views, 3),
+    target = jax.random.uniform(jax.random.fold_in(key_cam, TARGET_JITTER_STREAM), (num_views, 3),
                                 minval=-target_jitter, maxval=target_jitter)
   cams = camera.sample_cameras(key_cam, num_views, width=size, target=target, **CAMERA_RANGES)
   lights = jax.vmap(shading.sample_light)(jax.random.split(key_light, num_views),
