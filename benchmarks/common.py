@@ -24,7 +24,9 @@ MODELS, CPU_SIZE = bench.MODELS, bench.CPU_SIZE
 def add_flags(parser):
   """The flags every benchmark shares: --model, --config, --full, --batch_size, --dtype."""
   parser.add_argument('--model', default='tiny-latent', choices=MODELS)
-  parser.add_argument('--config', default='dreamfusion', choices=('dreamfusion', 'pixel', 'toy'))
+  parser.add_argument('--config', default='dreamfusion', choices=tuple(bench.CONFIGS),
+                      help='configs/dreamfusion.py, dreamfusion_pixel.py, toy.py, '
+                      'dreamfusion_hash.py (hash) or toy_hash.py')
   parser.add_argument('--full', action='store_true',
                       help='the config as shipped (default: shrunk to common.CPU_SIZE)')
   parser.add_argument('--batch_size', type=int, default=None, help='views per step (paper: 4)')

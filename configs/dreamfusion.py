@@ -17,6 +17,8 @@ like the regularisers do (guidance.Diffusion.sds_loss), so they hold at the pape
 
 import ml_collections
 
+from configs import nerf as nerf_config
+
 
 def use_adam(config, *, eps, grad_clip):
   """Adam with threestudio's betas (0.9, 0.99) and no weight decay in place of the recipe's Adan."""
@@ -161,9 +163,11 @@ def get_config():
   config.nerf.density_bias = 0.0
   config.nerf.blob_density = 5.0  # [code] lambda_tau = 5.
   config.nerf.blob_radius = 0.2  # [code] c = 0.2.
+  config.nerf.blob_shape = 'gaussian'  # Paper; 'magic3d' is threestudio's linear blob.
   config.nerf.dir_max_deg = 0  # Albedo is view independent.
   config.nerf.grid_resolutions = (16, 32, 64, 128)  # Only used by encoding='grid'.
   config.nerf.grid_features = 4
+  nerf_config.add_hash_fields(config.nerf)  # Only used by encoding='hash'.
   # Normals: 0 = the analytic density gradient (paper); > 0 = finite differences of log density
   # over this radius, smoother (not in the paper).
   config.nerf.normal_eps = 0.0
@@ -193,6 +197,8 @@ def get_config():
   config.optim.beta3 = 0.99
   config.optim.eps = 1e-8
   config.optim.weight_decay = 2e-5
+  config.optim.table_lr_scale = 1.0  # A hash grid's table learns at this multiple of lr.
+  config.optim.background_lr_scale = 1.0  # The background MLP learns at this multiple of lr.
 
   config.export = ml_collections.ConfigDict()
   config.export.video_frames = 120

@@ -11,6 +11,20 @@ field for both levels.
 import ml_collections
 
 
+def add_hash_fields(nerf):
+  """The fields of encoding='hash' (hashgrid.py) at Instant-NGP's defaults, into config.nerf.
+
+  L levels of 2^T entries of F features from N_min to N_max vertices per axis, and threestudio's
+  progressive band (start_level, start_step, update_steps), () for all levels from the start.
+  """
+  nerf.hash_levels = 16
+  nerf.hash_features = 2
+  nerf.hash_log2_table = 19
+  nerf.hash_min_res = 16
+  nerf.hash_max_res = 2048
+  nerf.hash_band = ()
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.method = 'nerf'
@@ -45,6 +59,7 @@ def get_config():
   config.nerf.dir_max_deg = 4  # Classic NeRF colour is view dependent.
   config.nerf.grid_resolutions = (16, 32, 64, 128)  # Only used by encoding='grid'.
   config.nerf.grid_features = 4
+  add_hash_fields(config.nerf)
 
   config.render = ml_collections.ConfigDict()
   config.render.near = 2.0  # nerf_synthetic cameras sit at distance 4.
@@ -64,6 +79,7 @@ def get_config():
   config.optim.beta2 = 0.999
   config.optim.eps = 1e-6
   config.optim.weight_decay = 0.0
+  config.optim.table_lr_scale = 1.0  # A hash grid's table learns at this multiple of lr.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.save_images = 4  # Test renders (next to the ground truth) written as PNG.

@@ -26,6 +26,7 @@ from dreamfusion_jax import checkpoint
 from dreamfusion_jax import clip as clip_lib
 from dreamfusion_jax import config_checks
 from dreamfusion_jax import guidance
+from dreamfusion_jax import hashgrid
 from dreamfusion_jax import memory
 from dreamfusion_jax import models
 from dreamfusion_jax import nerf
@@ -146,7 +147,31 @@ def make_nerf(config):
   """The NeRF module described by config.nerf."""
   fields = dict(config.nerf)
   fields['grid_resolutions'] = tuple(fields['grid_resolutions'])
+  fields['hash_band'] = tuple(fields.get('hash_band', ()))  # Absent from older run folders.
   return nerf.NeRF(**fields)
+
+
+def describe_params(run, params):
+  """One line for the run's log: the NeRF's parameter count and, for a hash grid, its layout.
+
+  Args:
+    run: the Run.
+    params: its params (text-to-3D {'nerf', 'background'}, classic NeRF the NeRF's own).
+  """
+  field = params.get('nerf', params)
+  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
+  line = f'NeRF: {count(field):,} parameters ({run.model.encoding} encoding'
+  if run.model.encoding == 'hash':
+    grid = run.model.hash_grid()
+    dense = grid.hashed.count(False)
+    line += (f', {len(grid.sizes)} levels x {grid.features} features at {grid.resolutions[0]} to '
+             f'{grid.resolutions[-1]} vertices per axis, {dense} dense and '
+             f'{len(grid.sizes) - dense} hashed into 2^{run.model.hash_log2_table} entries: '
+             f'{grid.num_params:,} in the table')
+  line += ')'
+  if 'background' in params:
+    line += f'; background {count(params["background"]):,}'
+  return line
 
 
 def make_background(config):
@@ -159,8 +184,31 @@ def make_optimizer(config):
   """Adam or Adan with mip-NeRF's log-linear learning rate and optional global-norm clipping.
 
   config.optim.name 'adan' (stable-dreamfusion's default optimiser) uses beta1..3, eps and
-  weight_decay; 'adam' (absent in older run folders) beta1, beta2 and eps.
+  weight_decay; 'adam' (absent in older run folders) beta1, beta2 and eps. A hash grid's table
+  learns at config.optim.table_lr_scale times the rate of the rest (stable-dreamfusion: 10), the
+  background at config.optim.background_lr_scale times it (threestudio: 0.1), and with
+  config.nerf.hash_band the grid's finer levels are held at 0 until the band reaches them.
   """
+  optim = config.optim
+  chain = []
+  if config.nerf.encoding == 'hash' and config.nerf.get('hash_band'):
+    grid = make_nerf(config).hash_grid()
+    chain.append(hashgrid.band_mask(grid, *config.nerf.hash_band))
+  chain.append(_base_optimizer(config))
+  if optim.get('table_lr_scale', 1.0) != 1.0:
+    chain.append(optax.masked(optax.scale(optim.table_lr_scale), hashgrid.table_labels))
+  if optim.get('background_lr_scale', 1.0) != 1.0:
+    chain.append(optax.masked(optax.scale(optim.background_lr_scale), _background_labels))
+  return optax.chain(*chain) if len(chain) > 1 else chain[0]
+
+
+def _background_labels(params):
+  """True at the leaves of params['background'] (text-to-3D params), for optax.masked."""
+  return {k: jax.tree.map(lambda _: k == 'background', v) for k, v in params.items()}
+
+
+def _base_optimizer(config):
+  """Clipping, then Adam or Adan on the learning-rate schedule of config.optim."""
   optim = config.optim
   schedule = functools.partial(schedules.log_linear_warmup, init=optim.lr_init,
                                final=optim.lr_final, num_steps=config.num_steps,

@@ -86,7 +86,9 @@ def fit_nerf(config, workdir):
   background = jnp.asarray(tuple(config.data.background), jnp.float32)
   run = build.build(config)
   mesh = parallel.make_mesh(config_checks.num_devices(config))
-  state, pixels = parallel.replicate((run.init_state(), posed_pixels(train_views)), mesh)
+  fresh = run.init_state()
+  loop.log(build.describe_params(run, fresh.params))
+  state, pixels = parallel.replicate((fresh, posed_pixels(train_views)), mesh)
   loop.log(f'{config.batch_size} rays per step over {mesh.size} of {jax.device_count()} '
            f'devices ({jax.process_count()} processes)')
   summary = loop.writer(workdir / 'tensorboard')

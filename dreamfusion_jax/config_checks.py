@@ -13,6 +13,7 @@ import jax
 import ml_collections
 
 from dreamfusion_jax import guidance
+from dreamfusion_jax import nerf as nerf_lib
 from dreamfusion_jax import parallel
 from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
@@ -20,6 +21,8 @@ from dreamfusion_jax.toy import tokenizer as tokenizer_lib
 
 METHODS = ('nerf', 'dreamfusion', 'dreamfields')
 OPTIMIZERS = ('adam', 'adan')
+ENCODINGS = ('ipe', 'grid', 'hash')
+MAX_LOG2_TABLE = 26  # 2^26 entries of F features per level is already gigabytes.
 
 
 class ConfigError(ValueError):
@@ -51,11 +54,17 @@ def validate_config(config, workdir):
   _require(rend.chunk_size > 0, f'config.render.chunk_size={rend.chunk_size} must be > 0')
   _require(rend.scene_radius >= 0, f'config.render.scene_radius={rend.scene_radius} must be '
            '>= 0 (0 disables the bound)')
-  _require(config.nerf.encoding in ('ipe', 'grid'),
-           f'config.nerf.encoding={config.nerf.encoding!r} is unknown: choose ipe or grid')
+  _require(config.nerf.encoding in ENCODINGS,
+           f'config.nerf.encoding={config.nerf.encoding!r} is unknown: choose one of '
+           f'{", ".join(ENCODINGS)}')
+  if config.nerf.encoding == 'hash':
+    _validate_hash(config)
   _require(config.nerf.density_activation in ('exp', 'softplus'),
            f'config.nerf.density_activation={config.nerf.density_activation!r} is unknown: '
            'choose exp or softplus')
+  _require(config.nerf.get('blob_shape', 'gaussian') in nerf_lib.BLOB_SHAPES,
+           f'config.nerf.blob_shape={config.nerf.get("blob_shape")!r} is unknown: choose one of '
+           f'{", ".join(nerf_lib.BLOB_SHAPES)}')
   _require(config.nerf.width > 0 and config.nerf.num_blocks >= 0,
            f'config.nerf.width={config.nerf.width} must be > 0 and config.nerf.num_blocks='
            f'{config.nerf.num_blocks} >= 0')
@@ -67,6 +76,26 @@ def validate_config(config, workdir):
     num_devices(config)
   else:
     _validate_dreamfusion(config)
+
+
+def _validate_hash(config):
+  """config.nerf.hash_* (encoding='hash')."""
+  n = config.nerf
+  _require(n.hash_levels >= 1 and n.hash_features >= 1,
+           f'config.nerf.hash_levels={n.hash_levels} and config.nerf.hash_features='
+           f'{n.hash_features} must be >= 1')
+  _require(3 <= n.hash_log2_table <= MAX_LOG2_TABLE,
+           f'config.nerf.hash_log2_table={n.hash_log2_table} must lie in [3, {MAX_LOG2_TABLE}] '
+           '(Instant-NGP: 14 to 24, 19 by default)')
+  _require(2 <= n.hash_min_res <= n.hash_max_res,
+           f'config.nerf.hash_min_res={n.hash_min_res} must be >= 2 and at most '
+           f'config.nerf.hash_max_res={n.hash_max_res}')
+  band = tuple(n.get('hash_band', ()))
+  _require(not band or (len(band) == 3 and 1 <= band[0] <= n.hash_levels and band[1] >= 0
+                        and band[2] >= 1),
+           f'config.nerf.hash_band={band} must be () (off) or (start_level, start_step, '
+           f'update_steps) with 1 <= start_level <= hash_levels={n.hash_levels}, start_step >= 0 '
+           'and update_steps >= 1 (threestudio: (8, 2000, 500))')
 
 
 def _validate_optim(optim):
@@ -88,6 +117,10 @@ def _validate_optim(optim):
            f'{", ".join(schedules.WARMUP_SHAPES)}')
   _require(0 < optim.get('warmup_multiplier', 0.01) <= 1,
            f'config.optim.warmup_multiplier={optim.get("warmup_multiplier")} must lie in (0, 1]')
+  for part in ('table', 'background'):
+    scale = optim.get(f'{part}_lr_scale', 1.0)
+    _require(scale > 0, f'config.optim.{part}_lr_scale={scale} must be > 0 (1: the {part} '
+             'learns at the learning rate of the rest)')
   decay = optim.get('weight_decay', 0.0)
   _require(decay >= 0, f'config.optim.weight_decay={decay} must be >= 0')
   _require(name == 'adan' or decay == 0, f'config.optim.weight_decay={decay} needs '
@@ -353,6 +386,15 @@ def run_metadata(config):
     meta['optim.name'] = config.optim.name
   # normal_eps changes how normals are computed, not what is trained: runs from before it existed
   # resume, and either setting can continue the other's NeRF.
-  meta.update({f'nerf.{k}': v for k, v in config.nerf.items() if k != 'normal_eps'})
+  # The hash fields shape only a hash grid: runs of the other encodings from before them resume.
+  hashed = config.nerf.encoding == 'hash'
+  # A Gaussian blob (the only one before blob_shape) is left out for the same reason.
+  meta.update({f'nerf.{k}': v for k, v in config.nerf.items()
+               if k != 'normal_eps' and (hashed or not k.startswith('hash_'))
+               and not (k == 'blob_shape' and v == 'gaussian')})
+  if hashed:  # A separate table rate adds to the optimiser's state.
+    meta['optim.table_lr_scaled'] = config.optim.get('table_lr_scale', 1.0) != 1.0
+  if config.optim.get('background_lr_scale', 1.0) != 1.0:
+    meta['optim.background_lr_scaled'] = True
   meta.update({f'background.{k}': v for k, v in config.background.items()})
   return json.loads(json.dumps(meta))  # Tuples become lists, as they come back from disk.

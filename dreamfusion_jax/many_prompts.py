@@ -146,7 +146,9 @@ def fit_many_prompts(config, workdir):
   texts = texts + [texts[-1]] * (padded - len(prompts))
   run = build.build(config)
   dirs = prompt_dirs(workdir, prompts)
-  checkpointers, states = _open_prompts(run, dirs, prompts, run.init_state(), mesh)
+  fresh = run.init_state()
+  loop.log(build.describe_params(run, fresh.params) + ', each prompt')
+  checkpointers, states = _open_prompts(run, dirs, prompts, fresh, mesh)
   states = states + [states[-1]] * (padded - len(prompts))
   stack = jax.jit(lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs),
                   out_shardings=parallel.split(mesh))

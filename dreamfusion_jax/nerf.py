@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dreamfusion_jax import hashgrid
+
 
 @jax.custom_jvp
 def trunc_exp(x):
@@ -81,8 +83,18 @@ def pos_enc(x, min_deg, max_deg):
   return integrated_pos_enc(x, jnp.zeros_like(x), min_deg, max_deg)
 
 
-def density_blob(means, strength, radius):
-  """DreamFusion's density blob: strength * exp(-||mu||^2 / (2 radius^2)), float [...]."""
+BLOB_SHAPES = ('gaussian', 'magic3d')
+
+
+def density_blob(means, strength, radius, shape='gaussian'):
+  """The density blob added to the raw density, float [...] at means float [..., 3].
+
+  'gaussian' (DreamFusion): strength * exp(-||mu||^2 / (2 radius^2)); 'magic3d' (threestudio's
+  blob_magic3d): strength * (1 - ||mu|| / radius), which also pushes density down beyond radius.
+  """
+  if shape == 'magic3d':
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(means**2, axis=-1), 1e-12))
+    return strength * (1.0 - norm / radius)
   return strength * jnp.exp(-jnp.sum(means**2, axis=-1) / (2.0 * radius**2))
 
 
@@ -90,9 +102,10 @@ class NeRF(nn.Module):
   """DreamFusion's NeRF MLP.
 
   Attributes:
-    encoding: 'ipe' (paper: integrated positional encoding) or 'grid' (a multi-resolution dense
-      feature grid, Instant-NGP/DVGO-style, that fits posed images in minutes on a CPU; it ignores
-      the sample variances).
+    encoding: 'ipe' (paper: integrated positional encoding), 'grid' (a multi-resolution dense
+      feature grid, DVGO-style, that fits posed images in minutes on a CPU) or 'hash'
+      (Instant-NGP's multiresolution hash grid, hashgrid.py); the grids ignore the sample
+      variances.
     width: hidden width (paper: 128).
     num_blocks: residual blocks (paper: 5).
     min_deg, max_deg: IPE frequency range, applied to positions divided by `scene_radius`.
@@ -101,10 +114,16 @@ class NeRF(nn.Module):
       fitting posed images).
     density_bias: added to the raw density before the activation.
     blob_density, blob_radius: the density blob lambda_tau and c (paper: 5 and 0.2); 0 disables.
+    blob_shape: 'gaussian' (paper) or 'magic3d' (threestudio); see density_blob.
     dir_max_deg: 0 for the paper's view-independent albedo; > 0 adds a view-dependent colour head
       with this many direction frequencies (classic NeRF).
     grid_resolutions: vertex counts per axis of each grid level (encoding='grid').
     grid_features: features per grid level (encoding='grid').
+    hash_levels, hash_features, hash_log2_table, hash_min_res, hash_max_res: Instant-NGP's L,
+      F, log2 T, N_min and N_max (encoding='hash'; see hashgrid.levels).
+    hash_band: () for every level from the start, or threestudio's progressive band
+      (start_level, start_step, update_steps): the levels from start_level on start at 0 and the
+      optimiser (build.make_optimizer) turns them on one by one (hashgrid.band_mask).
     normal_eps: 0 for the paper's normals, the analytic gradient of the density; > 0 for the
       gradient of the log density by central differences over this distance
       (world units), which smooths the normals over that scale (threestudio's finite-difference
@@ -120,10 +139,22 @@ class NeRF(nn.Module):
   density_bias: float = 0.0
   blob_density: float = 5.0
   blob_radius: float = 0.2
+  blob_shape: str = 'gaussian'
   dir_max_deg: int = 0
   grid_resolutions: tuple[int, ...] = (16, 32, 64, 128)
   grid_features: int = 4
+  hash_levels: int = 16
+  hash_features: int = 2
+  hash_log2_table: int = 19
+  hash_min_res: int = 16
+  hash_max_res: int = 2048
+  hash_band: tuple[int, ...] = ()
   normal_eps: float = 0.0
+
+  def hash_grid(self):
+    """The hashgrid.Levels of encoding='hash'."""
+    return hashgrid.levels(self.hash_levels, self.hash_features, self.hash_log2_table,
+                           self.hash_min_res, self.hash_max_res)
 
   def _encode(self, means, variances):
     """Encodes positions normalised by scene_radius: float [..., 3] -> [..., D]."""
@@ -138,7 +169,13 @@ class NeRF(nn.Module):
                           (size, size, size, self.grid_features))
         levels.append(trilinear(grid, unit))
       return jnp.concatenate(levels, axis=-1)
-    raise ValueError(f'encoding must be ipe or grid, got {self.encoding!r}')
+    if self.encoding == 'hash':
+      grid = self.hash_grid()
+      zero_from = self.hash_band[0] if self.hash_band else None
+      table = self.param(hashgrid.TABLE_NAME,
+                         lambda key: hashgrid.init_table(key, grid, zero_from_level=zero_from))
+      return hashgrid.encode(table, 0.5 * (means * scale + 1.0), grid)
+    raise ValueError(f'encoding must be ipe, grid or hash, got {self.encoding!r}')
 
   @nn.compact
   def __call__(self, means, variances, directions=None):
@@ -160,7 +197,8 @@ class NeRF(nn.Module):
     h = nn.swish(nn.LayerNorm(name='norm_out')(h))
     raw_density = nn.Dense(1, name='density')(h)[..., 0] + self.density_bias
     if self.blob_density:
-      raw_density = raw_density + density_blob(means, self.blob_density, self.blob_radius)
+      raw_density = raw_density + density_blob(means, self.blob_density, self.blob_radius,
+                                                self.blob_shape)
     if self.density_activation == 'exp':
       density = trunc_exp(raw_density)
     elif self.density_activation == 'softplus':

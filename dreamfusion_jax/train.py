@@ -37,6 +37,7 @@ def fit_dreamfusion(config, workdir):
   mesh = parallel.make_mesh(config_checks.num_devices(config))
   run = build.build(config)
   fresh = run.init_state()
+  loop.log(build.describe_params(run, fresh.params))
   # Replicated over the mesh; the restore template's sharding is where the checkpoint lands.
   ckpt, restored, restored_step = build.open_checkpoints(config, workdir,
                                                          parallel.replicate(fresh, mesh))

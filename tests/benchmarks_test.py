@@ -153,3 +153,12 @@ def test_run_rejects_an_unknown_section():
                           check=False)
   assert result.returncode == 2, result.stderr[-3000:]
   assert "unknown --sections ['speed']" in result.stderr
+
+
+def test_configs_by_name_and_their_cpu_size():
+  assert set(bench.CONFIGS) == {'dreamfusion', 'pixel', 'toy', 'hash', 'toy_hash'}
+  assert bench.get_config('hash').nerf.hash_band == (8, 2000, 500)  # configs/dreamfusion_hash.py
+  assert bench.sized_config('hash').nerf.width == bench.CPU_SIZE['nerf.width'] == 64
+  assert bench.sized_config('hash').nerf.num_blocks == bench.CPU_SIZE['nerf.num_blocks'] == 2
+  toy_hash = bench.sized_config('toy_hash')  # The toy configs always as shipped.
+  assert toy_hash.nerf.encoding == 'hash' and toy_hash.nerf.num_blocks == 1

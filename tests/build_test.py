@@ -84,3 +84,17 @@ def test_optimizer_is_adan_or_adam_behind_the_clip():
                                                params)
   expected, _ = adam.update(clipped, adam.init(params), params)
   np.testing.assert_allclose(got['w'], expected['w'], rtol=1e-5)
+
+
+def test_background_learns_at_its_own_rate():
+  """threestudio's recipe: the background at 0.1 x the NeRF's rate (Adam: updates scale alike)."""
+  from configs import dreamfusion_hash  # pylint: disable=g-import-not-at-top
+  config = dreamfusion_hash.get_config()
+  config.nerf.update(hash_levels=2, hash_max_res=32, hash_log2_table=10, hash_band=())
+  params = {'nerf': {'params': {'w': jnp.ones(3)}}, 'background': {'params': {'w': jnp.ones(3)}}}
+  grads = jax.tree.map(lambda x: 0.5 * x, params)
+  optimizer = build.make_optimizer(config)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  nerf_step = np.asarray(updates['nerf']['params']['w'])
+  np.testing.assert_allclose(nerf_step, -config.optim.lr_init, rtol=1e-4)  # Adam's first step.
+  np.testing.assert_allclose(updates['background']['params']['w'], 0.1 * nerf_step, rtol=1e-5)

@@ -59,7 +59,7 @@ def test_bad_dreamfusion_values(tiny_model, tmp_path, extra, expected):
     ({'data.path': '/nonexistent/scene'}, ['config.data.path=/nonexistent/scene',
                                            'not a folder']),
     ({'data.path': ''}, ['config.data.path is empty']),
-    ({'nerf.encoding': 'hash'}, ["config.nerf.encoding='hash'", 'ipe or grid']),
+    ({'nerf.encoding': 'triplane'}, ["config.nerf.encoding='triplane'", 'ipe, grid, hash']),
     ({'method': 'gan'}, ["config.method='gan' is unknown"]),
 ])
 def test_bad_nerf_values(small_scene, tmp_path, extra, expected):

@@ -17,7 +17,8 @@ from dreamfusion_jax import shading
 # graphs), so compile without them; the numerics under test are the same.
 jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
-SMALL = dict(width=16, num_blocks=1, max_deg=4, grid_resolutions=(4, 8), grid_features=2)
+SMALL = dict(width=16, num_blocks=1, max_deg=4, grid_resolutions=(4, 8), grid_features=2,
+             hash_levels=2, hash_log2_table=6, hash_min_res=4, hash_max_res=8)
 
 
 def _samples(rays=3, samples=5, seed=0):
@@ -30,7 +31,7 @@ def _samples(rays=3, samples=5, seed=0):
   return means, variances, directions
 
 
-@pytest.mark.parametrize('encoding', ['ipe', 'grid'])
+@pytest.mark.parametrize('encoding', ['ipe', 'grid', 'hash'])
 @pytest.mark.parametrize('dir_max_deg', [0, 3])
 def test_nerf_shapes_ranges_and_view_dependence(encoding, dir_max_deg):
   model = nerf.NeRF(encoding=encoding, dir_max_deg=dir_max_deg, **SMALL)
@@ -59,6 +60,9 @@ def test_nerf_shapes_ranges_and_view_dependence(encoding, dir_max_deg):
   if encoding == 'grid':
     chex.assert_shape(params['grid_0'], (4, 4, 4, 2))
     chex.assert_shape(params['grid_1'], (8, 8, 8, 2))
+  elif encoding == 'hash':  # 4^3 = 64 entries (dense), then 8^3 hashed into 2^6 = 64.
+    chex.assert_shape(params['hash_table'], (128, 2))
+    chex.assert_shape(params['input']['kernel'], (2 * 2, 16))
   else:
     assert not any(name.startswith('grid') for name in params)
     chex.assert_shape(params['input']['kernel'], (6 * 4, 16))
@@ -70,9 +74,9 @@ def test_nerf_argument_errors():
   # Abstract evaluation (no compilation) raises the same errors as a real call.
   with pytest.raises(ValueError, match='pass directions'):
     jax.eval_shape(nerf.NeRF(dir_max_deg=2, **SMALL).init, jax.random.PRNGKey(0), means, variances)
-  with pytest.raises(ValueError, match='ipe or grid'):
+  with pytest.raises(ValueError, match='ipe, grid or hash'):
     jax.eval_shape(
-        nerf.NeRF(encoding='hash', **SMALL).init, jax.random.PRNGKey(0), means, variances)
+        nerf.NeRF(encoding='triplane', **SMALL).init, jax.random.PRNGKey(0), means, variances)
   with pytest.raises(ValueError, match='exp or softplus'):
     jax.eval_shape(
         nerf.NeRF(density_activation='relu', **SMALL).init, jax.random.PRNGKey(0), means, variances)
@@ -83,6 +87,10 @@ def test_density_blob_values():
   blob = nerf.density_blob(points, 5.0, 0.2)
   np.testing.assert_allclose(blob,
                              [5.0, 5.0 * np.exp(-0.5), 5.0 * np.exp(-12.5), 5.0 * np.exp(-0.375)],
+                             rtol=1e-5)
+  # threestudio's blob_magic3d: 10 (1 - |x| / 0.5), negative beyond the radius.
+  magic = nerf.density_blob(points, 10.0, 0.5, 'magic3d')
+  np.testing.assert_allclose(magic, [10.0, 6.0, -10.0, 10.0 * (1 - np.sqrt(0.03) / 0.5)],
                              rtol=1e-5)
 
 

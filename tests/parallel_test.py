@@ -90,10 +90,15 @@ def test_mesh_size_rules():
     parallel.mesh_size(8, 9, 8)
 
 
-@pytest.mark.slow  # One step compiled for 8 devices and for 1: about 2 minutes.
-def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path):
+HASH_GRID = {'nerf.encoding': 'hash', 'nerf.hash_levels': 4, 'nerf.hash_log2_table': 10,
+             'nerf.hash_min_res': 4, 'nerf.hash_max_res': 32, 'nerf.hash_band': (2, 1, 1)}
+
+
+@pytest.mark.slow  # One step compiled for 8 devices and for 1: about 2 minutes per encoding.
+@pytest.mark.parametrize('encoding', [{}, HASH_GRID], ids=['ipe', 'hash'])
+def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path, encoding):
   one, eight = tmp_path / 'one', tmp_path / 'eight'
-  extra = dict(batch_size=8, num_steps=4, checkpoint_every=4)
+  extra = dict(batch_size=8, num_steps=4, checkpoint_every=4, **encoding)
   log = run_ok(main_command(eight, tiny_model, num_devices=8, **extra), jax_cache, 8)
   assert '8 views per step over 8 of 8 devices' in log
   run_ok(main_command(one, tiny_model, num_devices=1, **extra), jax_cache, 8)

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import dreamfusion as dreamfusion_config
+from configs import dreamfusion_hash as hash_config
 from configs import dreamfusion_pixel as pixel_config
 from configs import toy as toy_config
+from configs import toy_hash as toy_hash_config
 from dreamfusion_jax import build
 from dreamfusion_jax import camera
 from dreamfusion_jax import config_checks
@@ -36,6 +38,10 @@ from dreamfusion_jax.testing import tiny_models
 MODELS = ('tiny-latent', 'tiny-pixel', 'toy', 'sd21')
 # A CPU-sized DreamFusion step: the paper's losses, shading, hierarchical sampling and SDS
 # through the VAE, at a render size, sample count and MLP that run in a fraction of a second.
+# The configs a benchmark's --config names.
+CONFIGS = {'dreamfusion': dreamfusion_config, 'pixel': pixel_config, 'toy': toy_config,
+           'hash': hash_config, 'toy_hash': toy_hash_config}
+
 CPU_SIZE = {'render.height': 32, 'render.width': 32, 'render.num_samples': (32, 32),
             'nerf.width': 64, 'nerf.num_blocks': 2, 'batch_size': 1}
 
@@ -57,23 +63,23 @@ SD21_TEXT_WIDTH, SD21_TOKENS = 1024, 77
 
 
 def get_config(name, overrides=None):
-  """configs/<dreamfusion|dreamfusion_pixel|toy>.py with dotted-key overrides."""
-  module = {'dreamfusion': dreamfusion_config, 'pixel': pixel_config, 'toy': toy_config}[name]
+  """configs/<name>.py (CONFIGS) with dotted-key overrides."""
+  module = CONFIGS[name]
   config = module.get_config()
   config.update_from_flattened_dict(dict(overrides or {}))
   return config
 
 
 def sized_config(name='dreamfusion', full=False, batch_size=None, overrides=None):
-  """get_config(name) shrunk to CPU_SIZE unless `full` (configs/toy.py always as shipped).
+  """get_config(name) shrunk to CPU_SIZE unless `full` (the toy configs always as shipped).
 
   Args:
-    name: 'dreamfusion', 'pixel' or 'toy'.
+    name: a key of CONFIGS.
     full: the config as shipped.
     batch_size: views per step (None: the size's own).
     overrides: further dotted-key overrides, applied last.
   """
-  values = {} if full or name == 'toy' else dict(CPU_SIZE)
+  values = {} if full or name.startswith('toy') else dict(CPU_SIZE)
   if batch_size:
     values['batch_size'] = batch_size
   values.update(overrides or {})
