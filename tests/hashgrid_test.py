@@ -190,6 +190,7 @@ def test_classic_fit_through_the_entry_point(small_scene, tmp_path, capsys):
   assert f'{grid.num_params:,} in the table' in capsys.readouterr().out
 
 
+@pytest.mark.slow  # About a minute: two prompts trained, exported and loaded.
 def test_many_prompts_with_the_band_through_the_entry_point(tiny_model, tmp_path):
   """Two prompts vmapped, 4 steps (0 to 3), the band (1, 2, 1): level 0 trains from step 0,
   level 1 from step 3, level 2 would at step 4; each prompt's run exports and loads."""
