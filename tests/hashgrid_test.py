@@ -1,5 +1,7 @@
 """hashgrid: Instant-NGP's hash encoding, its layout, the progressive band and the table's rate."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,10 +132,15 @@ def band_run(band, table_lr_scale=1.0):
 
 def one_step(run, params, opt_state, key):
   """An optimiser step on a loss of the encoding at random points, with every row's gradient."""
+  return _one_step(run.model, run.optimizer, params, opt_state, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # One compile, not op-by-op dispatch.
+def _one_step(model, optimizer, params, opt_state, key):
   points = jax.random.uniform(key, (4096, 3), minval=-1.0, maxval=1.0)
-  loss = lambda p: jnp.mean((run.model.apply(p, points, points)[1] - 0.3)**2)
+  loss = lambda p: jnp.mean((model.apply(p, points, points)[1] - 0.3)**2)
   grads = jax.grad(loss)(params)
-  updates, opt_state = run.optimizer.update(grads, opt_state, params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, updates
 
 
@@ -180,6 +187,7 @@ def test_bad_hash_values(small_scene, tmp_path, field, value, expected):
   assert expected in str(error.value) and '\n' not in str(error.value)
 
 
+@pytest.mark.slow  # About 50 s; the default suite has the unit tests above.
 def test_classic_fit_through_the_entry_point(small_scene, tmp_path, capsys):
   config = nerf_hash.get_config()
   config.data.path = str(small_scene)
