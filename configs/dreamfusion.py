@@ -68,6 +68,15 @@ def get_config():
   config.t_anneal_steps = 15_000
   config.weighting = 'sigma2'  # [likely] w(t) = sigma_t^2 = 1 - abar_t.
   config.sds_weight = 1.0  # Weight of the SDS loss (0: no diffusion model, as Dream Fields).
+  # Perp-Neg (Armandpour et al. 2023; not in the paper): each view's positive prompt interpolated
+  # by azimuth and the other views' prompts as negatives, their parts perpendicular to the
+  # positive guidance subtracted; 4 prompts per view in the one UNet call (2 without). Off, as in
+  # threestudio and stable-dreamfusion. Its decay functions f(r) = a exp(-b r) + c: threestudio's
+  # prompt_processors/base.py defaults (RECIPES.md, section 3).
+  config.perp_neg = False
+  config.perp_neg_front_side = (4.0, 0.5, -2.426)  # [code] threestudio f_fs = f_sf.
+  config.perp_neg_side_back = (1.0, 0.5, -0.606)  # [code] threestudio f_sb.
+  config.perp_neg_front_side_back = (1.0, 0.5, 0.967)  # [code] threestudio f_fsb.
 
   # Dream Fields' CLIP guidance (configs/dreamfields.py); off in DreamFusion. Both weights > 0
   # combine the two guidances in one run (a Dreamfields-3D option).

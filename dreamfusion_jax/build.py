@@ -265,7 +265,16 @@ def make_sds_settings(config):
       clip_blur_radius=config.clip.get('blur_radius', 0) or None,
       remat_chunks=config.render.get('remat_chunks', 0),  # Absent from older run folders.
       parallel_chunks=parallel_chunks(config),
-      entropy_ramp_steps=loss.get('entropy_ramp_steps', 0), grad_clip=config.optim.grad_clip)
+      entropy_ramp_steps=loss.get('entropy_ramp_steps', 0), grad_clip=config.optim.grad_clip,
+      perp_neg=perp_neg_scales(config))
+
+
+def perp_neg_scales(config):
+  """SDSSettings.perp_neg: () when config.perp_neg is off (or absent from an older run)."""
+  if not config.get('perp_neg', False):
+    return ()
+  return tuple(tuple(float(v) for v in config[f'perp_neg_{name}'])
+               for name in ('front_side', 'side_back', 'front_side_back'))
 
 
 def fitted_step(run, mesh, args, vmapped=False):

@@ -237,6 +237,13 @@ def _validate_guidance(config):
              f'config.clip.blur_sigma={config.clip.blur_sigma} must be >= 0')
   _require(config.model_dtype in ('float32', 'bfloat16'),
            f'config.model_dtype={config.model_dtype!r}: choose float32 or bfloat16')
+  if config.get('perp_neg', False):
+    _require(config.sds_weight > 0, 'config.perp_neg=True needs a diffusion model: set '
+             'config.sds_weight > 0 and config.model (Perp-Neg shapes its noise prediction)')
+    for name in ('front_side', 'side_back', 'front_side_back'):
+      value = config[f'perp_neg_{name}']
+      _require(len(value) == 3, f'config.perp_neg_{name}={value} must be (a, b, c) of '
+               'f(r) = a exp(-b r) + c')
   if config.sds_weight > 0:
     _validate_words(config, 'config.model', pathlib.Path(config.model).expanduser() / 'tokenizer')
   if config.clip.weight > 0:

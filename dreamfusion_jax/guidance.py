@@ -5,7 +5,8 @@ For a render x, noise eps and a noise level t, SDS pushes x along
 without differentiating the UNet. For a pixel-space model (Imagen, the paper's prior) z is the
 image scaled to [-1, 1]; for a latent model (Stable Diffusion) z is the VAE posterior mean times
 the VAE's scaling factor, and the gradient returns to the image through the encoder by a VJP.
-Classifier-free guidance: eps_hat = eps_u + s (eps_c - eps_u), cond and uncond in one UNet call.
+Classifier-free guidance: eps_hat = eps_u + s (eps_c - eps_u), cond and uncond in one UNet call;
+with Perp-Neg's negatives (perpneg.py) the negatives join the same call.
 
 `Diffusion` is a pytree: its frozen parameters are leaves and its modules static, so pass it as
 an argument of a jitted function (never close over it, which would bake the weights into the
@@ -56,6 +57,7 @@ import numpy as np
 
 from dreamfusion_jax import camera
 from dreamfusion_jax import models
+from dreamfusion_jax import perpneg
 
 WEIGHTINGS = ('sigma2', 'uniform', 'sigma')
 
@@ -67,14 +69,21 @@ class TextEmbeddings:
   Attributes:
     cond: float [P, L, D] embeddings of the prompts.
     uncond: float [P, L, D] embeddings of the negative prompts ('' = unconditional).
+    negatives: None, or float [P, K, L, D] Perp-Neg's negative prompts of each entry
+      (perpneg.view_embeddings), which predict_noise then combines perpendicularly.
+    negative_weights: None, or float32 [P, K] their weights.
   """
   cond: jax.Array
   uncond: jax.Array
+  negatives: jax.Array | None = None
+  negative_weights: jax.Array | None = None
 
   def select(self, index):
     """The embeddings of entries `index` (int [B]), e.g. a camera's view label."""
-    return TextEmbeddings(cond=jnp.take(self.cond, index, axis=0),
-                          uncond=jnp.take(self.uncond, index, axis=0))
+    take = lambda x: None if x is None else jnp.take(x, index, axis=0)
+    return TextEmbeddings(cond=take(self.cond), uncond=take(self.uncond),
+                          negatives=take(self.negatives),
+                          negative_weights=take(self.negative_weights))
 
 
 class TextEncoder:
@@ -268,27 +277,35 @@ class Diffusion:
     return posterior.mean.astype(jnp.float32) * self.scaling_factor
 
   def predict_noise(self, z_t, timesteps, emb, guidance_scale):
-    """Classifier-free-guided noise prediction, cond and uncond in one batched UNet call.
+    """Classifier-free-guided noise prediction, all prompts in one batched UNet call.
 
     Args:
       z_t: float32 [B, h, w, C] noisy inputs.
       timesteps: int32 [B] schedule indices.
-      emb: TextEmbeddings with [B, L, D] entries.
+      emb: TextEmbeddings with [B, L, D] entries; with Perp-Neg's negatives [B, K, L, D] the
+        UNet sees (2 + K) B inputs and perpneg.combine forms the guided noise.
       guidance_scale: float or float [B], s.
 
     Returns:
       eps_hat float32 [B, h, w, C], predicting the noise in z_t.
     """
-    sample = jnp.concatenate([z_t, z_t]).transpose(0, 3, 1, 2).astype(self.dtype)  # NCHW.
+    texts = [emb.uncond, emb.cond]
+    if emb.negatives is not None:
+      texts += list(jnp.moveaxis(emb.negatives, 1, 0))
+    n = len(texts)
+    sample = jnp.concatenate([z_t] * n).transpose(0, 3, 1, 2).astype(self.dtype)  # NCHW.
     out = self.unet.apply({'params': self.unet_params}, sample,
-                          jnp.concatenate([timesteps, timesteps]),
-                          jnp.concatenate([emb.uncond, emb.cond]).astype(self.dtype)).sample
+                          jnp.concatenate([timesteps] * n),
+                          jnp.concatenate(texts).astype(self.dtype)).sample
     out = out.astype(jnp.float32).transpose(0, 2, 3, 1)
     if self.prediction_type == 'v_prediction':
-      abar = jnp.concatenate([self.alphas_cumprod[timesteps]] * 2)[:, None, None, None]
-      zz = jnp.concatenate([z_t, z_t])
+      abar = jnp.concatenate([self.alphas_cumprod[timesteps]] * n)[:, None, None, None]
+      zz = jnp.concatenate([z_t] * n)
       out = jnp.sqrt(abar) * out + jnp.sqrt(1.0 - abar) * zz  # eps from v.
-    eps_u, eps_c = jnp.split(out, 2)
+    eps_u, eps_c, *eps_negatives = jnp.split(out, n)
+    if emb.negatives is not None:
+      return perpneg.combine(eps_u, eps_c, jnp.stack(eps_negatives), emb.negative_weights,
+                             guidance_scale)
     scale = jnp.reshape(jnp.asarray(guidance_scale, jnp.float32), (-1, 1, 1, 1))
     return eps_u + scale * (eps_c - eps_u)
 

@@ -21,6 +21,7 @@ from dreamfusion_jax import camera
 from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
 from dreamfusion_jax import nerf
+from dreamfusion_jax import perpneg
 from dreamfusion_jax import render
 from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
@@ -148,6 +149,8 @@ class SDSSettings:
     entropy_ramp_steps: 0 keeps entropy_weight constant; N > 0 ramps it linearly from 0 over N
       steps (stable-dreamfusion's min(1, 2 step / iters) with N = iters / 2).
     grad_clip: the optimiser's global-norm clip (0: none), reported as the metric `clipped`.
+    perp_neg: () for DreamFusion's view prompts, or Perp-Neg's decay functions ((a, b, c) of
+      f_fs, f_sb, f_fsb; perpneg.view_weights): positive and negative view prompts per camera.
   """
   batch_size: int
   height: int
@@ -184,6 +187,7 @@ class SDSSettings:
   clip_max_scale: float = 1.0
   clip_background_after_crop: bool = False
   clip_blur_radius: Any = None
+  perp_neg: tuple = ()
 
 
 def _schedule(step, spec):
@@ -416,7 +420,11 @@ def _dreamfusion_loss(params, *, step, views, keys, diffusion, text, clip_model,
   if settings.sds_weight:
     if diffusion.resolution != settings.height:
       images = guidance.resize_images(images, diffusion.resolution)
-    emb = text.select(labels)
+    if settings.perp_neg:
+      emb = perpneg.view_embeddings(text, cameras.elevation_deg, cameras.azimuth_deg,
+                                    settings.perp_neg)
+    else:
+      emb = text.select(labels)
     sds, aux = diffusion.sds_loss(images, emb, key_sds, scale, t_range, settings.weighting)
     total = total + settings.sds_weight * sds
     metrics.update(sds=sds, t=jnp.mean(aux['t']))
