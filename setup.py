@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     'tensorboardX>=2.6',
     'scikit-image>=0.19',  # Marching cubes.
     'trimesh>=4.0',  # GLB, OBJ and PLY export.
+    'xatlas>=0.0.9',  # UV atlases of the textured meshes.
+    'fast-simplification>=0.1.7',  # trimesh's quadric decimation before unwrapping.
 ]
 
 TEST_REQUIRES = [

@@ -1,4 +1,5 @@
-"""The command line every benchmark shares: --model, --config, --full, --batch_size, --dtype.
+"""The command line every benchmark shares: --model, --config, --full, --batch_size, --dtype,
+--perp_neg.
 
 What the benchmarks measure with (models by name, timing, XLA cost and memory) lives in
 dreamfusion_jax/testing/bench.py, where tests/benchmarks_test.py checks it. Models (random
@@ -31,6 +32,8 @@ def add_flags(parser):
                       help='the config as shipped (default: shrunk to common.CPU_SIZE)')
   parser.add_argument('--batch_size', type=int, default=None, help='views per step (paper: 4)')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--perp_neg', action='store_true',
+                      help='Perp-Neg guidance (config.perp_neg=True): 4 prompts per view')
 
 
 def parse(doc, more_flags=()):
@@ -52,5 +55,7 @@ def parse(doc, more_flags=()):
 def from_flags(args, **extra):
   """(config, diffusion, text embeddings) that add_flags' flags name; extra: config overrides."""
   diffusion, width, tokens, _ = bench.load_model(args.model, jnp.dtype(args.dtype))
+  if getattr(args, 'perp_neg', False):
+    extra = dict(extra, perp_neg=True)
   config = bench.sized_config(args.config, args.full, args.batch_size, overrides=extra)
   return config, diffusion, bench.random_text(4, tokens, width, diffusion.dtype)

@@ -32,12 +32,14 @@ def main():
   diffusion, width, tokens, _ = bench.load_model(args.model, jnp.dtype(args.dtype))
   text = bench.random_text(4, tokens, width, diffusion.dtype)
   print(f'device: {bench.device_name()}; model {args.model} ({args.dtype}), config {args.config}'
-        f'{" as shipped" if args.full else " at CPU size"}, remat_chunks {args.remat_chunks}')
+        f'{" as shipped" if args.full else " at CPU size"}, remat_chunks {args.remat_chunks}'
+        f'{", Perp-Neg" if args.perp_neg else ""}')
   print('| views/step | planned GiB | peak GiB |\n| --- | --- | --- |')
   fits, batch = 0, 1
   while batch <= args.max_batch:
     config = bench.sized_config(args.config, args.full, overrides={
-        'batch_size': batch, 'render.remat_chunks': args.remat_chunks})
+        'batch_size': batch, 'render.remat_chunks': args.remat_chunks,
+        **({'perp_neg': True} if args.perp_neg else {})})
     planned, peak = bench.planned_gib(config, diffusion, text, run=args.run)
     print(f'| {batch} | {planned:.2f} | {peak:.2f} |', flush=True)
     if planned <= args.budget_gib:

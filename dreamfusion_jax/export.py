@@ -1,7 +1,8 @@
 """Exporting a trained scene: density grids, marching-cubes meshes, mesh files, turntable videos.
 
-`export_assets(run, workdir, params)` writes a run's turntable.mp4 and mesh.glb/.obj/.ply (the
-end of every text-to-3D run); `python -m dreamfusion_jax.export --workdir W` does the same for
+`export_assets(run, workdir, params)` writes a run's turntable.mp4, mesh.glb and mesh.obj (+
+mesh.mtl, texture.png) with the albedo baked into a UV texture (texture.py), and mesh.ply with
+vertex colours (the end of every text-to-3D run); `python -m dreamfusion_jax.export --workdir W` does the same for
 the newest checkpoint of any run folder.
 
 The mesh is the `threshold` level set of the NeRF density sampled on a regular grid over the cube
@@ -24,6 +25,7 @@ import trimesh
 
 from dreamfusion_jax import build
 from dreamfusion_jax import camera
+from dreamfusion_jax import texture
 
 MESH_FORMATS = ('glb', 'obj', 'ply')
 
@@ -154,27 +156,48 @@ def extract_mesh(grid, bound, threshold, color_fn=None, chunk_size=65536):
   return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=True)
 
 
-def write_mesh(mesh, out_dir, name='mesh'):
-  """Writes a mesh as GLB, OBJ and PLY files, keeping vertex colours in each.
+def write_mesh(mesh, out_dir, name='mesh', color_fn=None, texture_size=1024, max_faces=0,
+               padding=4):
+  """Writes a mesh as a textured GLB and OBJ (+ MTL + texture PNG) and a vertex-coloured PLY.
 
   Args:
-    mesh: trimesh.Trimesh, e.g. from `extract_mesh`.
+    mesh: trimesh.Trimesh, e.g. from `extract_mesh` (with vertex colours for the PLY).
     out_dir: str or path of the folder to write into (created if missing).
     name: file name stem.
+    color_fn: function float32 [N, 3] surface points -> float [N, 3] RGB in [0, 1] baked into
+      the texture (chunked here); None writes GLB and OBJ with vertex colours instead.
+    texture_size: int, the texture's side in texels.
+    max_faces: int, the face budget of the textured meshes (0: every face); the PLY keeps all.
+    padding: int, texels grown around each chart of the atlas.
 
   Returns:
-    dict format ('glb', 'obj', 'ply') -> pathlib.Path of the written file.
+    dict 'glb', 'obj', 'ply' (and with a texture 'mtl', 'texture') -> pathlib.Path.
+
+  Raises:
+    ExportError: an empty mesh or one with nothing to unwrap; nothing is written then.
   """
   if len(mesh.faces) == 0:
     raise ExportError('the mesh has no faces: nothing to write')
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {fmt: out_dir / f'{name}.{fmt}' for fmt in MESH_FORMATS}
-  mesh.export(paths['glb'])
-  # OBJ has no standard vertex colours; include_color writes the common `v x y z r g b` extension
-  # that Blender, MeshLab and trimesh read. No normals: they would be re-derived anyway.
-  paths['obj'].write_text(trimesh.exchange.obj.export_obj(
-      mesh, include_normals=False, include_color=True, include_texture=False))
+  if color_fn is None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {fmt: out_dir / f'{name}.{fmt}' for fmt in MESH_FORMATS}
+    mesh.export(paths['glb'])
+    # OBJ has no standard vertex colours; include_color writes the common `v x y z r g b`
+    # extension that Blender, MeshLab and trimesh read.
+    paths['obj'].write_text(trimesh.exchange.obj.export_obj(
+        mesh, include_normals=False, include_color=True, include_texture=False))
+  else:
+    try:
+      textured = texture.textured_mesh(
+          texture.decimate(mesh, max_faces),
+          lambda x: _evaluate_chunked(color_fn, len(x), lambda i: x[i], 65536),
+          texture_size, padding=padding)
+    except texture.TextureError as e:
+      raise ExportError(str(e)) from e
+    paths = {'glb': texture.write_glb(textured, out_dir / f'{name}.glb'),
+             **texture.write_obj(textured, out_dir, name)}
+  paths['ply'] = out_dir / f'{name}.ply'
   mesh.export(paths['ply'], encoding='binary')
   return paths
 
@@ -282,11 +305,14 @@ def export_assets(run, workdir, params):
   density = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[0])
   albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
   grid = density_grid(lambda x: density(params['nerf'], x), ex.mesh_resolution, ex.mesh_bound)
-  mesh = extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold,
-                      color_fn=lambda x: np.asarray(albedo(params['nerf'], x)))
-  paths = write_mesh(mesh, workdir, 'mesh')
+  color_fn = lambda x: np.asarray(albedo(params['nerf'], x))
+  mesh = extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold, color_fn=color_fn)
+  # Older run folders have no texture settings: the defaults of configs/dreamfusion.py.
+  paths = write_mesh(mesh, workdir, 'mesh', color_fn=color_fn,
+                     texture_size=ex.get('texture_size', 1024),
+                     max_faces=ex.get('max_faces', 50_000), padding=ex.get('texture_padding', 4))
   print(f'wrote {video} and {", ".join(str(p) for p in paths.values())} '
-        f'({len(mesh.faces)} faces)')
+        f'({len(mesh.faces)} faces; the textured meshes at most {ex.get("max_faces", 50_000)})')
   return video, paths
 
 

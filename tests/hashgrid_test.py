@@ -107,8 +107,8 @@ def test_nerf_parameter_count_follows_the_formula():
   assert table.shape == (grid.rows, config.nerf.hash_features)
   width = config.nerf.width
   # input Dense, 1 residual block with its norm, the output norm, density, bottleneck-free albedo.
-  mlp = (levels * 2 * width + width) + (width * width + width) + 2 * width + 2 * width + (
-      width + 1) + (width * 3 + 3)
+  mlp = (levels * config.nerf.hash_features * width + width) + (width * width + width) + (
+      2 * width + 2 * width) + (width + 1) + (width * 3 + 3)
   assert sum(x.size for x in jax.tree.leaves(params)) == grid.num_params + mlp
   line = build.describe_params(run, {'params': params})
   assert f'{grid.num_params + mlp:,} parameters' in line

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from dreamfusion_jax import toy
+from dreamfusion_jax.testing import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,11 @@ def run_and_evaluate(workdir, prompt, *overrides, config='configs/toy.py'):
          '--workdir', str(workdir), f'--config.prompt={prompt}', *overrides]
   done = subprocess.run(job, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stderr[-3000:]
-  for name in ('turntable.mp4', 'mesh.glb', 'mesh.obj', 'mesh.ply', 'metrics.json'):
+  for name in ('turntable.mp4', 'mesh.glb', 'mesh.obj', 'mesh.mtl', 'texture.png', 'mesh.ply',
+               'metrics.json'):
     assert (workdir / name).is_file(), name
+  errors = runs.texture_error(workdir)  # The texture is the toy NeRF's albedo at each vertex.
+  assert max(errors.values()) < 0.05, errors
   done = subprocess.run([sys.executable, '-m', 'dreamfusion_jax.eval', '--workdir', str(workdir)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -33,11 +37,13 @@ def run_and_evaluate(workdir, prompt, *overrides, config='configs/toy.py'):
 
 
 @pytest.mark.slow  # 110 s measured: kept out of the default suite (about 22 minutes already).
-def test_short_toy_run_on_a_training_prompt(tmp_path):
+def test_short_toy_run_on_a_training_prompt_with_perp_neg(tmp_path):
+  """A reduced run with Perp-Neg (the held-out run below has DreamFusion's view prompts)."""
   prompt = 'a red sphere'
   assert prompt in toy.TRAIN_PROMPTS
-  result = run_and_evaluate(tmp_path, prompt, '--config.num_steps=150',
+  result = run_and_evaluate(tmp_path, prompt, '--config.num_steps=150', '--config.perp_neg=True',
                             '--config.export.video_frames=8', '--config.export.mesh_resolution=48')
+  assert json.loads((tmp_path / 'config.json').read_text())['perp_neg'] is True
   assert result['iou'] >= 0.5, result
   assert result['color'] == 'red' and result['color_correct'], result
 

@@ -52,14 +52,17 @@ def test_full_run_writes_checkpoints_and_assets(finished_run, tmp_path, capsys):
   for ext in ('glb', 'obj', 'ply'):
     mesh = trimesh.load(workdir / f'mesh.{ext}', force='mesh')
     assert len(mesh.faces) > 0
+  assert 'map_Kd texture.png' in (workdir / 'mesh.mtl').read_text()
+  errors = runs.texture_error(workdir)  # The baked texture is the field's albedo.
+  assert max(errors.values()) < 0.05, errors
   # The same assets again from the newest checkpoint, through the export entry point.
-  for file in ('mesh.glb', 'mesh.obj', 'mesh.ply', 'turntable.mp4'):
+  for file in ('mesh.glb', 'mesh.obj', 'mesh.mtl', 'texture.png', 'mesh.ply', 'turntable.mp4'):
     (workdir / file).unlink()
   capsys.readouterr()
   assert export.main(['--workdir', str(workdir)]) == 0
   assert 'exporting checkpoint 6' in capsys.readouterr().out
   assert len(trimesh.load(workdir / 'mesh.ply', force='mesh').faces) == len(mesh.faces)
-  assert (workdir / 'turntable.mp4').is_file()
+  assert (workdir / 'turntable.mp4').is_file() and (workdir / 'texture.png').is_file()
   assert export.main(['--workdir', str(workdir), '--threshold', '1e9']) == 2
   assert 'lower the threshold' in capsys.readouterr().err
   assert export.main(['--workdir', str(tmp_path / 'nothing')]) == 2

@@ -56,3 +56,19 @@ def test_script_refuses_more_frames_than_the_video_has(tmp_path):
   assert result.returncode == 2
   assert "between 1 and the video's 4 frames" in result.stderr.strip().splitlines()[-1]
   assert not (tmp_path / 'strip.png').exists()
+
+
+def test_mesh_row_shows_the_textured_side_each_camera_faces(tmp_path):
+  from dreamfusion_jax import texture  # pylint: disable=g-import-not-at-top
+  import trimesh  # pylint: disable=g-import-not-at-top
+  sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+  red_front = lambda p: np.where(p[:, :1] > 0, [[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]])
+  textured = texture.to_trimesh(texture.textured_mesh(sphere, red_front, 128))
+  mesh_row = runpy.run_path(str(SCRIPT))['mesh_row']
+  export_config = {'video_elevation_deg': 0.0, 'video_distance': 3.0, 'video_fov_deg': 40.0}
+  row = mesh_row(textured, export_config, count=4, num_frames=2, height=24, width=24)
+  assert row.shape == (24, 48, 3)
+  # Frame 0 sits at azimuth 0 (on +x, facing the red half), frame 2 of 4 at 180 (the blue one).
+  np.testing.assert_array_equal(row[12, 12], (255, 0, 0))
+  np.testing.assert_array_equal(row[12, 36], (0, 0, 255))
+  assert np.all(row[0, 0] == 255)  # The background.

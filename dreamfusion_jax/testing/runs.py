@@ -69,6 +69,33 @@ def restore(workdir):
   return loaded.state, loaded.step
 
 
+def texture_error(workdir):
+  """Max |texture at each vertex's UV - the field's albedo there| of a run's mesh.glb and .obj.
+
+  Reloads both files with trimesh, samples the texture (nearest texel) at every vertex's UV and
+  compares it with the trained NeRF's albedo at the vertex (the newest checkpoint).
+
+  Returns:
+    dict 'glb', 'obj' -> float, in [0, 1] colour units.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import trimesh  # pylint: disable=g-import-not-at-top
+  loaded = build.load_run(workdir)
+  params = loaded.state.params['nerf']
+  albedo = jax.jit(lambda x: loaded.run.model.apply(params, x, jnp.zeros_like(x))[1])
+  errors = {}
+  for fmt in ('glb', 'obj'):
+    mesh = trimesh.load(pathlib.Path(workdir) / f'mesh.{fmt}', force='mesh')
+    material = mesh.visual.material
+    image = getattr(material, 'baseColorTexture', None) or material.image
+    sampled = trimesh.visual.color.uv_to_color(mesh.visual.uv, image)[:, :3] / 255.0
+    truth = np.asarray(albedo(jnp.asarray(mesh.vertices, jnp.float32)))
+    errors[fmt] = float(np.max(np.abs(sampled - truth)))
+  return errors
+
+
 def step_setup(model_dir, **overrides):
   """(jitted step, fresh state, diffusion, text) of a 2-view 8x8 config with a tiny model."""
   config = dreamfusion_config.get_config()
