@@ -104,6 +104,13 @@ def _check_level(grid, threshold):
                       f'{low:g}): raise the threshold (--threshold)')
 
 
+def inside_sphere(values, points, radius):
+  """values float [N] where |points| <= radius, else 0 (radius <= 0: all kept)."""
+  if radius <= 0:
+    return values
+  return jnp.where(jnp.linalg.norm(points, axis=-1) <= radius, values, 0.0)
+
+
 def vertex_colors(color_fn, vertices, chunk_size=65536):
   """Per-vertex RGBA colours from a colour function (e.g. the NeRF's albedo).
 
@@ -302,7 +309,11 @@ def export_assets(run, workdir, params):
       elevation_deg=ex.video_elevation_deg, distance=ex.video_distance, focal=focal,
       height=ex.video_size, width=ex.video_size)
   video = write_video(pathlib.Path(workdir) / 'turntable.mp4', frames, fps=ex.video_fps)
-  density = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[0])
+  # The renderer samples only inside render.scene_radius: the density beyond it is never trained
+  # nor seen (the mesh cube's corners), so the mesh leaves it out.
+  radius = float(run.config.render.get('scene_radius', 0.0) or 0.0)
+  density = jax.jit(lambda p, x: inside_sphere(model.apply(p, x, jnp.zeros_like(x))[0], x,
+                                               radius))
   albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
   grid = density_grid(lambda x: density(params['nerf'], x), ex.mesh_resolution, ex.mesh_bound)
   color_fn = lambda x: np.asarray(albedo(params['nerf'], x))

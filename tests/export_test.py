@@ -99,6 +99,13 @@ def test_write_mesh_round_trips(sphere_mesh, tmp_path):
   np.testing.assert_array_equal(ply.visual.vertex_colors, sphere_mesh.visual.vertex_colors)
 
 
+def test_density_beyond_the_render_sphere_is_left_out():
+  points = jnp.array([[0.0, 0.0, 0.5], [0.6, 0.6, 0.0], [0.0, 0.0, -0.7]])
+  values = jnp.array([1.0, 2.0, 3.0])
+  np.testing.assert_array_equal(export.inside_sphere(values, points, 0.7), [1.0, 0.0, 3.0])
+  np.testing.assert_array_equal(export.inside_sphere(values, points, 0.0), values)
+
+
 @pytest.mark.parametrize('value, hint', [(0.0, 'lower'), (40.0, 'raise')])
 def test_constant_grid_raises(value, hint):
   grid = np.full((8, 8, 8), value, np.float32)

@@ -94,8 +94,12 @@ HASH_GRID = {'nerf.encoding': 'hash', 'nerf.hash_levels': 4, 'nerf.hash_log2_tab
              'nerf.hash_min_res': 4, 'nerf.hash_max_res': 32, 'nerf.hash_band': (2, 1, 1)}
 
 
-@pytest.mark.slow  # One step compiled for 8 devices and for 1: about 2 minutes per encoding.
-@pytest.mark.parametrize('encoding', [{}, HASH_GRID], ids=['ipe', 'hash'])
+# One step compiled for 8 devices and for 1: about 2 minutes per encoding. The hash grid's
+# sharded step is the same program around another field: -m full, for CI's 35 minutes
+# (hashgrid_test runs it vmapped over prompts and on one device).
+@pytest.mark.parametrize('encoding', [
+    pytest.param({}, id='ipe', marks=pytest.mark.slow),
+    pytest.param(HASH_GRID, id='hash', marks=pytest.mark.full)])
 def test_eight_devices_match_one(tiny_model, jax_cache, tmp_path, encoding):
   one, eight = tmp_path / 'one', tmp_path / 'eight'
   extra = dict(batch_size=8, num_steps=4, checkpoint_every=4, **encoding)

@@ -53,6 +53,8 @@ def test_full_run_writes_checkpoints_and_assets(finished_run, tmp_path, capsys):
     mesh = trimesh.load(workdir / f'mesh.{ext}', force='mesh')
     assert len(mesh.faces) > 0
   assert 'map_Kd texture.png' in (workdir / 'mesh.mtl').read_text()
+  # Nothing beyond the sphere the renderer samples (render.scene_radius 1, grid step 2 / 31).
+  assert np.linalg.norm(mesh.vertices, axis=1).max() <= 1.0 + 2.0 / 31
   errors = runs.texture_error(workdir)  # The baked texture is the field's albedo.
   assert max(errors.values()) < 0.05, errors
   # The same assets again from the newest checkpoint, through the export entry point.
