@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     'tqdm>=4.66',
     'tensorboardX>=2.6',
     'scikit-image>=0.19',  # Marching cubes.
+    'scipy>=1.10',  # Nearest neighbours of the Chamfer distance (eval).
     'trimesh>=4.0',  # GLB, OBJ and PLY export.
     'xatlas>=0.0.9',  # UV atlases of the textured meshes.
     'fast-simplification>=0.1.7',  # trimesh's quadric decimation before unwrapping.

@@ -5,7 +5,8 @@
 
 W is a DreamFusion or Dream Fields run folder, or the folder of a many-prompt run (its
 prompts/*/ are each evaluated, and W/eval.json gets the table over them: `prompts`, one row of
-ranks per prompt, and the means `r_precision`, `r_precision_geometry`, `iou`, `color_accuracy`).
+ranks per prompt, and the means `r_precision`, `r_precision_geometry`, `iou`, `volume_iou`,
+`chamfer`, `shape_precision_geometry`, `color_accuracy`).
 `--captions coco` retrieves among the 153 COCO captions of the Dream Fields benchmark.
 
 The newest checkpoint of the run in W (rebuilt from W/config.json) is rendered from fixed
@@ -24,7 +25,13 @@ Metrics:
   `iou`, the mean over views of |pred & true| / |pred | true| with pred = NeRF opacity > 0.5 and
   true = the true object's pixel coverage > 0.5; `color_rgb`, the mean albedo of the pixels with
   opacity > 0.5, all views pooled; `color`, its nearest toy colour (Euclidean RGB distance);
-  `color_correct`, whether that is the prompt's colour. Other prompts have no truth: null.
+  `color_correct`, whether that is the prompt's colour; in 3D (`shape_metrics`), `volume_iou`, the
+  NeRF's occupancy (density >= export.mesh_threshold) against the true solid's on a 90^3 grid,
+  and `chamfer`, the symmetric Chamfer distance of the exported surface to the true one in units
+  of the true object's bounding radius; `shape_precision_geometry`, the share of textureless
+  renders whose most similar caption among the five shape-only ones ("a sphere", ... "a
+  torus", which the toy CLIPs were trained on) is the true shape's. Other prompts have no
+  truth: null.
 - every prompt: CLIP R-precision (DreamFusion Sec. 4, after Dream Fields), the share of views
   whose most similar caption (cosine similarity of CLIP embeddings) is the prompt, among the toy
   prompts (default) or the lines of --captions, the prompt added if missing: `r_precision` on the
@@ -36,10 +43,11 @@ Metrics:
   alone misreads a true sphere moved 2.5 px up as a cube; each has its own blind spots on NeRF
   renders, and their mean has fewer (README).
 
-W/eval.json holds prompt, iou, color, color_rgb, color_correct, r_precision,
+W/eval.json holds prompt, iou, volume_iou, chamfer, shape_precision_geometry, color, color_rgb,
+color_correct, r_precision,
 r_precision_geometry, r_precision_albedo, clip, num_captions, checkpoint_step, cameras
 {elevation_deg, azimuth_deg, distance, fov_deg, size}, views (one {azimuth_deg, elevation_deg,
-iou, rank, rank_geometry, rank_albedo, top_caption} per camera; rank 0 = the prompt retrieved
+iou, rank, rank_geometry, rank_albedo, rank_shape, top_caption} per camera; rank 0 = the prompt retrieved
 first, top_caption from the colour render) and note (why a non-toy prompt's numbers are limited,
 else null). W/eval_views.png shows the albedo and colour renders and, for toy prompts, the
 silhouettes compared (see view_strip).
@@ -57,7 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfusion_jax import build, camera, clip, host_memory, models, render, shading, toy
+from dreamfusion_jax import build, camera, clip, export, host_memory, models, render, shading
+from dreamfusion_jax import shape_metrics, toy
 from dreamfusion_jax.toy import world
 
 ELEVATION_DEG = 30.0
@@ -65,6 +74,8 @@ DISTANCE = 1.25
 FOV_DEG = 45.0
 THRESHOLD = 0.5  # Opacity (or coverage) above which a pixel belongs to the object.
 COCO_CAPTIONS = pathlib.Path(__file__).parent / 'data' / 'coco_val_captions.txt'
+# The five shape-only captions the toy CLIPs were trained on (toy.train_clip.attribute_captions).
+SHAPE_CAPTIONS = tuple(f'a {shape}' for shape in world.SHAPES)
 NON_TOY_NOTE = ('not a toy prompt: no true object, so iou and color are null; R-precision '
                 'needs a real CLIP (--clip) and real captions (--captions) to mean anything')
 
@@ -306,6 +317,29 @@ def load_config(workdir):
   return config
 
 
+def shape_scores(run, params, parsed, clip_model, textureless):
+  """The 3D scores of a toy run: volume IoU, Chamfer distance and shape-only retrieval.
+
+  Args:
+    run: the build.Run; params: its trained params.
+    parsed: (colour, shape) of the toy prompt.
+    clip_model: the CLIP(s) of retrieve.
+    textureless: float32 [V, H, W, 3] the run's textureless renders.
+
+  Returns:
+    dict volume_iou, chamfer (shape_metrics), shape_precision_geometry (the share of views whose
+    textureless render retrieves the true shape first among SHAPE_CAPTIONS) and ranks_shape.
+  """
+  ex = run.config.export
+  density, _ = export.field_fns(run)
+  scores = shape_metrics.shape_scores(
+      lambda x: density(params['nerf'], x), world.make_primitive(*parsed),
+      threshold=ex.mesh_threshold, mesh_resolution=ex.mesh_resolution, mesh_bound=ex.mesh_bound)
+  ranks, _ = retrieve(clip_model, textureless, SHAPE_CAPTIONS, world.SHAPES.index(parsed[1]))
+  return dict(scores, shape_precision_geometry=float(clip.r_precision(ranks)),
+              ranks_shape=[int(r) for r in ranks])
+
+
 def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name='',
              num_views=8, size=64):
   """Evaluates the newest checkpoint of a DreamFusion run.
@@ -340,18 +374,25 @@ def evaluate(config, workdir, prompt, clip_model, captions=None, *, clip_name=''
   true_alpha = None
   scores = {'ious': [None] * num_views, 'iou': None, 'color': None, 'color_correct': None,
             'color_rgb': mean_color(albedo, opacity)}
+  shape = {'volume_iou': None, 'chamfer': None, 'shape_precision_geometry': None,
+           'ranks_shape': [None] * num_views}
   if parsed is not None:
     _, true_alpha = true_renders(*parsed, cameras, size)
     scores = toy_scores(albedo, opacity, true_alpha, parsed[0])
+    shape = shape_scores(loaded.run, params, parsed, clip_model, renders['textureless'])
   rgb = scores['color_rgb']
   views = [{'azimuth_deg': float(cameras.azimuth_deg[i]),
             'elevation_deg': float(cameras.elevation_deg[i]),
             'iou': None if parsed is None else float(scores['ious'][i]), 'rank': int(ranks[i]),
             'rank_geometry': int(ranks_geometry[i]), 'rank_albedo': int(ranks_albedo[i]),
+            'rank_shape': shape['ranks_shape'][i],
             'top_caption': caption_list[int(top[i])]} for i in range(num_views)]
   return {
       'prompt': prompt,
       'iou': scores['iou'],
+      'volume_iou': shape['volume_iou'],
+      'chamfer': shape['chamfer'],
+      'shape_precision_geometry': shape['shape_precision_geometry'],
       'color': scores['color'],
       'color_rgb': None if rgb is None else [round(float(c), 4) for c in rgb],
       'color_correct': scores['color_correct'],
@@ -373,7 +414,10 @@ def summary(results, path):
   parts = [f'eval of {results["prompt"]!r} (checkpoint {results["checkpoint_step"]}):']
   if results['iou'] is not None:
     verdict = 'correct' if results['color_correct'] else 'wrong'
-    parts.append(f'IoU {results["iou"]:.3f}, colour {results["color"]} ({verdict}),')
+    parts.append(f'IoU {results["iou"]:.3f}, colour {results["color"]} ({verdict}), volume '
+                 f'IoU {results["volume_iou"]:.3f}, Chamfer '
+                 f'{"none" if results["chamfer"] is None else format(results["chamfer"], ".3f")}, '
+                 f'shape precision {results["shape_precision_geometry"]:.3f},')
   parts.append(f'CLIP R-precision {results["r_precision"]:.3f} (geometry '
                f'{results["r_precision_geometry"]:.3f}, albedo {results["r_precision_albedo"]:.3f})'
                f' among {results["num_captions"]} captions; wrote {path}')
@@ -418,11 +462,14 @@ def table(results):
 
   Returns:
     dict with `prompts` (one {prompt, r_precision, r_precision_geometry, iou, color_correct,
-    ranks, ranks_geometry} per run) and the means `r_precision`, `r_precision_geometry` and,
-    over the toy prompts, `iou` and `color_accuracy` (None without toy prompts).
+    volume_iou, chamfer, shape_precision_geometry, ranks, ranks_geometry} per run) and the means
+    `r_precision`, `r_precision_geometry` and, over the toy prompts, `iou`, `volume_iou`,
+    `chamfer`, `shape_precision_geometry` and `color_accuracy` (None without toy prompts).
   """
   rows = [{'prompt': r['prompt'], 'r_precision': r['r_precision'],
            'r_precision_geometry': r['r_precision_geometry'], 'iou': r['iou'],
+           'volume_iou': r.get('volume_iou'), 'chamfer': r.get('chamfer'),
+           'shape_precision_geometry': r.get('shape_precision_geometry'),
            'color_correct': r['color_correct'], 'ranks': [v['rank'] for v in r['views']],
            'ranks_geometry': [v['rank_geometry'] for v in r['views']]} for r in results]
   toy_rows = [row for row in rows if row['iou'] is not None]
@@ -432,6 +479,9 @@ def table(results):
       'r_precision': mean([row['r_precision'] for row in rows]),
       'r_precision_geometry': mean([row['r_precision_geometry'] for row in rows]),
       'iou': mean([row['iou'] for row in toy_rows]),
+      'volume_iou': mean([row['volume_iou'] for row in toy_rows]),
+      'chamfer': mean([row['chamfer'] for row in toy_rows if row['chamfer'] is not None]),
+      'shape_precision_geometry': mean([row['shape_precision_geometry'] for row in toy_rows]),
       'color_accuracy': mean([float(row['color_correct']) for row in toy_rows]),
   }
 

@@ -291,6 +291,20 @@ def write_video(path, frames, fps=30):
   return path
 
 
+def field_fns(run):
+  """Jitted (density(nerf_params, x), albedo(nerf_params, x)) of a run's NeRF at points [N, 3].
+
+  The renderer samples only inside render.scene_radius: the density beyond it is never trained
+  nor seen (the mesh cube's corners), so here it is 0 there and meshes leave it out.
+  """
+  model = run.model
+  radius = float(run.config.render.get('scene_radius', 0.0) or 0.0)
+  density = jax.jit(lambda p, x: inside_sphere(model.apply(p, x, jnp.zeros_like(x))[0], x,
+                                               radius))
+  albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
+  return density, albedo
+
+
 def export_assets(run, workdir, params):
   """Writes the turntable video (albedo | normals | textureless) and the mesh files.
 
@@ -302,19 +316,14 @@ def export_assets(run, workdir, params):
   Returns:
     (path of turntable.mp4, {format: path} of the mesh files).
   """
-  ex, model = run.config.export, run.model
+  ex = run.config.export
   focal = float(camera.focal_from_fov(ex.video_fov_deg, ex.video_size))
   frames = turntable_frames(
       lambda c2w, f: run.renderer(params, c2w, f, ex.video_size)[:3], ex.video_frames,
       elevation_deg=ex.video_elevation_deg, distance=ex.video_distance, focal=focal,
       height=ex.video_size, width=ex.video_size)
   video = write_video(pathlib.Path(workdir) / 'turntable.mp4', frames, fps=ex.video_fps)
-  # The renderer samples only inside render.scene_radius: the density beyond it is never trained
-  # nor seen (the mesh cube's corners), so the mesh leaves it out.
-  radius = float(run.config.render.get('scene_radius', 0.0) or 0.0)
-  density = jax.jit(lambda p, x: inside_sphere(model.apply(p, x, jnp.zeros_like(x))[0], x,
-                                               radius))
-  albedo = jax.jit(lambda p, x: model.apply(p, x, jnp.zeros_like(x))[1])
+  density, albedo = field_fns(run)
   grid = density_grid(lambda x: density(params['nerf'], x), ex.mesh_resolution, ex.mesh_bound)
   color_fn = lambda x: np.asarray(albedo(params['nerf'], x))
   mesh = extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold, color_fn=color_fn)

@@ -263,7 +263,8 @@ def run_dir(tmp_path_factory):
   return workdir
 
 
-KEYS = {'prompt', 'iou', 'color', 'color_rgb', 'color_correct', 'r_precision',
+KEYS = {'prompt', 'iou', 'volume_iou', 'chamfer', 'shape_precision_geometry', 'color',
+        'color_rgb', 'color_correct', 'r_precision',
         'r_precision_geometry', 'r_precision_albedo', 'clip',
         'num_captions', 'checkpoint_step', 'cameras', 'views', 'note'}
 
@@ -276,7 +277,7 @@ def check_common(results, num_views, num_captions):
   assert len(results['views']) == num_views
   for view in results['views']:
     assert set(view) == {'azimuth_deg', 'elevation_deg', 'iou', 'rank', 'rank_geometry',
-                         'rank_albedo', 'top_caption'}
+                         'rank_albedo', 'rank_shape', 'top_caption'}
     assert 0 <= view['rank'] < num_captions and view['elevation_deg'] == 30.0
   ranks = np.asarray([v['rank'] for v in results['views']])
   assert results['r_precision'] == pytest.approx(np.mean(ranks == 0))
@@ -291,6 +292,11 @@ def test_main_evaluates_a_toy_run(run_dir, clip_loader, capsys):
   check_common(results, num_views=2, num_captions=len(world.PROMPTS))
   assert results['prompt'] == 'a red cube' and results['clip'] == str(clip_loader)
   assert 0.0 <= results['iou'] <= 1.0 and results['note'] is None
+  assert 0.0 <= results['volume_iou'] <= 1.0
+  assert results['chamfer'] is None or results['chamfer'] > 0
+  ranks = [v['rank_shape'] for v in results['views']]
+  assert all(0 <= r < 5 for r in ranks)
+  assert results['shape_precision_geometry'] == pytest.approx(np.mean(np.array(ranks) == 0))
   assert results['color'] in world.COLORS
   assert results['color_correct'] == (results['color'] == 'red')
   assert all(0.0 <= v['iou'] <= 1.0 for v in results['views'])
@@ -309,6 +315,7 @@ def test_main_evaluates_a_non_toy_prompt(run_dir, clip_loader, tmp_path, capsys)
   check_common(results, num_views=2, num_captions=4)
   assert results['prompt'] == 'a peacock on a surfboard'
   assert results['iou'] is None and results['color'] is None
+  assert results['volume_iou'] is None and results['shape_precision_geometry'] is None
   assert results['color_correct'] is None and 'real CLIP' in results['note']
   assert all(v['iou'] is None for v in results['views'])
   assert 'real CLIP' in capsys.readouterr().out

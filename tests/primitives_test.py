@@ -109,3 +109,17 @@ def test_missing_rays_give_inf(prim):
 def test_torus_hole_is_empty():
   t, _ = primitives.intersect_torus(*_ray([0, 0, 3], [0, 0, -1]), (0, 0, 0), 0.5, 0.15)
   assert np.isinf(t[0])
+
+
+def test_inside_matches_the_exact_volume_and_the_rotation():
+  rng = np.random.default_rng(0)
+  points = rng.uniform(-0.5, 0.5, size=(400_000, 3))
+  box = primitives.Box(center=(0.05, 0.0, 0.0), half_sizes=(0.3, 0.1, 0.2), angle=0.6,
+                       albedo=(1, 1, 1))
+  cone = primitives.Cone(base_center=(0.0, 0.0, -0.2), radius=0.3, height=0.5, albedo=(1, 1, 1))
+  for solid in (box, cone):
+    estimate = primitives.inside(solid, points).mean()  # The cube [-0.5, 0.5]^3 has volume 1.
+    assert estimate == pytest.approx(primitives.volume(solid), rel=0.02)
+  # The box's long axis turned by 0.6 rad: a point along it is inside, one along x is not.
+  along = 0.25 * np.array([[np.cos(0.6), np.sin(0.6), 0.0]]) + box.center
+  assert primitives.inside(box, along)[0] and not primitives.inside(box, [[0.3, 0.0, 0.0]])[0]

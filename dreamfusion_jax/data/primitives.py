@@ -314,3 +314,40 @@ def bounding_sphere(primitive):
   if isinstance(p, Torus):
     return np.array(p.center), p.major_radius + p.minor_radius
   raise TypeError(f'unknown primitive type {type(p).__name__}')
+
+
+def inside(primitive, points):
+  """bool [N]: whether float [N, 3] ``points`` lie inside ``primitive`` (its solid)."""
+  p = primitive
+  x = np.asarray(points, np.float64)
+  if isinstance(p, Sphere):
+    return np.linalg.norm(x - p.center, axis=-1) < p.radius
+  if isinstance(p, Box):
+    local = (x - p.center) @ _rotation_z(p.angle)  # Rows rotated by -angle: the box's frame.
+    return np.all(np.abs(local) < np.asarray(p.half_sizes), axis=-1)
+  if isinstance(p, Cylinder):
+    d = x - p.center
+    return (np.hypot(d[:, 0], d[:, 1]) < p.radius) & (np.abs(d[:, 2]) < p.half_height)
+  if isinstance(p, Cone):
+    d = x - p.base_center
+    height = d[:, 2] / p.height  # 0 at the base, 1 at the apex.
+    return (height > 0) & (height < 1) & (np.hypot(d[:, 0], d[:, 1]) < p.radius * (1 - height))
+  if isinstance(p, Torus):
+    return torus_sdf(x - p.center, p.major_radius, p.minor_radius) < 0
+  raise TypeError(f'unknown primitive type {type(p).__name__}')
+
+
+def volume(primitive):
+  """The exact volume of ``primitive``'s solid."""
+  p = primitive
+  if isinstance(p, Sphere):
+    return 4.0 / 3.0 * math.pi * p.radius**3
+  if isinstance(p, Box):
+    return 8.0 * float(np.prod(p.half_sizes))
+  if isinstance(p, Cylinder):
+    return math.pi * p.radius**2 * 2.0 * p.half_height
+  if isinstance(p, Cone):
+    return math.pi * p.radius**2 * p.height / 3.0
+  if isinstance(p, Torus):
+    return 2.0 * math.pi**2 * p.major_radius * p.minor_radius**2
+  raise TypeError(f'unknown primitive type {type(p).__name__}')

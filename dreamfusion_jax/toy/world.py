@@ -88,7 +88,7 @@ def make_primitive(color, shape):
   raise ValueError(f'unknown toy shape {shape!r}: choose one of {", ".join(SHAPES)}')
 
 
-def render_view(color, shape, c2w, focal, size, light=None, supersample=2):
+def render_view(color, shape, c2w, focal, size, light=None, supersample=2, albedo=None):
   """Renders a toy object over the white background.
 
   Args:
@@ -98,6 +98,7 @@ def render_view(color, shape, c2w, focal, size, light=None, supersample=2):
     size: int image height and width H = W.
     light: float [3] point-light position for Lambertian shading, or None for unlit albedo.
     supersample: int s, s x s rays per pixel (anti-aliasing).
+    albedo: float [3] in place of the colour's (e.g. white, for a textureless render).
 
   Returns:
     rgb float32 [H, W, 3] in [0, 1] over BACKGROUND; alpha float32 [H, W] pixel coverage.
@@ -107,7 +108,7 @@ def render_view(color, shape, c2w, focal, size, light=None, supersample=2):
   origins, directions = synthetic.camera_rays(c2w, focal, size, size, s)
   t, normals = primitives.intersect_primitive(prim, origins, directions)
   hit = np.isfinite(t)
-  albedo = np.asarray(prim.albedo, np.float64)
+  albedo = np.asarray(prim.albedo if albedo is None else albedo, np.float64)
   if light is None:
     rgb = np.broadcast_to(albedo, origins.shape)
   else:
