@@ -211,7 +211,7 @@ def _validate_export(ex):
   """The mesh grid and the texture, checked before training so the export cannot fail on them."""
   _require(ex.mesh_resolution >= 2, f'config.export.mesh_resolution={ex.mesh_resolution} must '
            'be >= 2')
-  _require(ex.get('texture_size', 1024) >= 16, f'config.export.texture_size='
+  _require(ex.get('texture_size', 2048) >= 16, f'config.export.texture_size='
            f'{ex.get("texture_size")} must be >= 16 texels')
   _require(ex.get('max_faces', 0) == 0 or ex.get('max_faces', 0) >= 4,
            f'config.export.max_faces={ex.get("max_faces")} must be 0 (no decimation) or >= 4')

@@ -163,7 +163,7 @@ def extract_mesh(grid, bound, threshold, color_fn=None, chunk_size=65536):
   return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=True)
 
 
-def write_mesh(mesh, out_dir, name='mesh', color_fn=None, texture_size=1024, max_faces=0,
+def write_mesh(mesh, out_dir, name='mesh', color_fn=None, texture_size=2048, max_faces=0,
                padding=4):
   """Writes a mesh as a textured GLB and OBJ (+ MTL + texture PNG) and a vertex-coloured PLY.
 
@@ -329,7 +329,7 @@ def export_assets(run, workdir, params):
   mesh = extract_mesh(grid, ex.mesh_bound, ex.mesh_threshold, color_fn=color_fn)
   # Older run folders have no texture settings: the defaults of configs/dreamfusion.py.
   paths = write_mesh(mesh, workdir, 'mesh', color_fn=color_fn,
-                     texture_size=ex.get('texture_size', 1024),
+                     texture_size=ex.get('texture_size', 2048),
                      max_faces=ex.get('max_faces', 50_000), padding=ex.get('texture_padding', 4))
   print(f'wrote {video} and {", ".join(str(p) for p in paths.values())} '
         f'({len(mesh.faces)} faces; the textured meshes at most {ex.get("max_faces", 50_000)})')

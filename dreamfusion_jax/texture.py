@@ -1,9 +1,10 @@
 """Textured meshes: a UV atlas by xatlas, the field's albedo baked into a texture image, and files.
 
 `textured_mesh(mesh, color_fn, size)` unwraps a mesh (e.g. export.extract_mesh's marching-cubes
-surface, optionally decimated first by `decimate`), maps every texel centre inside a chart back
-to its surface point, colours it with `color_fn` there, and pads the charts outwards by a few
-texels (so bilinear filtering and mipmaps at chart seams read the chart's own colour, not the
+surface, optionally decimated first by `decimate`), maps every texel centre inside a chart (or
+within half a texel's diagonal of one) back to its surface point, colours it with `color_fn`
+there, gives the texel under each vertex the vertex's own colour, and pads the charts outwards by
+a few texels (so bilinear filtering and mipmaps at chart seams read the chart's own colour, not the
 empty background). `write_glb` writes it with a PBR base-colour texture; `write_obj` writes OBJ +
 MTL + texture.png, as threestudio's and stable-dreamfusion's exporters do (RECIPES.md, section 5).
 
@@ -115,6 +116,13 @@ def unwrap(vertices, faces, size, padding=2):
   return vmapping[used], remap[indices], uvs[used]
 
 
+def texel_of(uv, size):
+  """(rows, cols) int64 [N] of the texels holding UVs float [N, 2]: glTF's nearest texel."""
+  cols = np.clip(np.floor(uv[:, 0] * size), 0, size - 1).astype(np.int64)
+  rows = np.clip(np.floor((1.0 - uv[:, 1]) * size), 0, size - 1).astype(np.int64)
+  return rows, cols
+
+
 def _texel_xy(uv, size):
   """UVs float [..., 2] as (x, y) in texel units: texel (r, c) has its centre at (c, r)."""
   return np.stack([uv[..., 0] * size - 0.5, (1.0 - uv[..., 1]) * size - 0.5], axis=-1)
@@ -151,7 +159,11 @@ def rasterize(uv, faces, size, reach=0.71):
   p = np.stack([cols, rows], axis=-1).astype(np.float64)
   cross = lambda u, w: u[:, 0] * w[:, 1] - u[:, 1] * w[:, 0]
   area = cross(b - a, c - a)
-  ok = np.abs(area) > 1e-12
+  longest = np.sqrt(np.maximum.reduce([np.sum((b - a)**2, -1), np.sum((c - b)**2, -1),
+                                       np.sum((a - c)**2, -1)]))
+  # Needles under half a texel high (marching cubes' faces with two coinciding corners) are
+  # left to their neighbours: their barycentrics are ill-conditioned.
+  ok = np.abs(area) > np.maximum(0.5 * longest, 1e-12)
   area = np.where(ok, area, 1.0)
   w1, w2 = cross(p - a, c - a) / area, cross(b - a, p - a) / area
   bary = np.stack([1.0 - w1 - w2, w1, w2], axis=-1)
@@ -214,11 +226,24 @@ def textured_mesh(mesh, color_fn, size, padding=4):
   if len(rows) == 0:
     raise TextureError(f'no texel of the {size}x{size} texture falls inside the atlas: raise '
                        'export.texture_size')
-  points = np.einsum('nk,nkd->nd', bary, vertices[faces[face]]).astype(np.float32)
-  rgb = np.clip(np.asarray(color_fn(points), np.float64), 0.0, 1.0)
+  points = np.einsum('nk,nkd->nd', bary, vertices[faces[face]])
+  # The texel under each vertex takes the vertex's own colour (a sample inside that texel too):
+  # a field whose colour turns within a texel (a NeRF's albedo can) is right at the vertices.
+  vertex_rows, vertex_cols = texel_of(uv, size)
+  rgb = np.clip(np.asarray(color_fn(np.concatenate([points, vertices]).astype(np.float32)),
+                           np.float64), 0.0, 1.0)
   image = np.zeros((size, size, 3))
   covered = np.zeros((size, size), bool)
-  image[rows, cols], covered[rows, cols] = rgb, True
+  image[rows, cols], covered[rows, cols] = rgb[:len(points)], True
+  # A texel under several vertices (marching cubes' tiny triangles) holds their mean.
+  flat = vertex_rows * size + vertex_cols
+  counts = np.bincount(flat, minlength=size * size)
+  sums = np.stack([np.bincount(flat, rgb[len(points):, k], minlength=size * size)
+                   for k in range(3)], axis=-1)
+  under = counts > 0
+  image.reshape(-1, 3)[under] = sums[under] / counts[under][:, None]
+  covered.reshape(-1)[under] = True
+  rgb = rgb[:len(points)]
   padded, grown = dilate(image, covered, padding)
   padded[~grown] = rgb.mean(axis=0)  # Far from every chart: the mean colour, for mipmaps.
   return TexturedMesh(vertices=vertices, faces=faces, uv=uv,
@@ -257,8 +282,8 @@ def write_obj(textured, out_dir, name='mesh', texture_name='texture.png'):
   paths['mtl'].write_text('newmtl albedo\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n'
                           f'map_Kd {texture_name}\n')
   lines = [f'mtllib {paths["mtl"].name}', 'usemtl albedo']
-  lines += [f'v {x:.6f} {y:.6f} {z:.6f}' for x, y, z in textured.vertices]
-  lines += [f'vt {u:.6f} {v:.6f}' for u, v in textured.uv]
+  lines += [f'v {x:.7f} {y:.7f} {z:.7f}' for x, y, z in textured.vertices]
+  lines += [f'vt {u:.9f} {v:.9f}' for u, v in textured.uv]  # Exact texels at 2048^2.
   lines += [f'f {a}/{a} {b}/{b} {c}/{c}' for a, b, c in textured.faces + 1]
   paths['obj'].write_text('\n'.join(lines) + '\n')
   return paths

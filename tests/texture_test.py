@@ -42,11 +42,21 @@ def test_rasterize_covers_the_texel_centres_inside_a_triangle_and_those_it_touch
   np.testing.assert_allclose(on_edge[cols == rows + 1].sum(axis=1), 1.0, atol=1e-12)
 
 
-def test_a_sliver_thinner_than_a_texel_still_gets_its_texels():
-  uv = np.array([[0.30, 0.1], [0.301, 0.1], [0.30, 0.9]])  # A tenth of a texel wide at 100.
+def test_a_sliver_between_texel_centres_still_gets_its_texels_and_a_needle_none():
+  uv = np.array([[0.306, 0.1], [0.312, 0.1], [0.306, 0.9]])  # 0.6 texels wide at 100.
   assert len(texture.rasterize(uv, np.array([[0, 1, 2]]), 100, reach=0.0)[0]) == 0
   rows, cols, _, _ = texture.rasterize(uv, np.array([[0, 1, 2]]), 100)
-  assert len(rows) >= 80 and set(cols) <= {29, 30}
+  assert len(rows) >= 80 and set(cols) <= {30, 31}
+  # A needle (two corners nearly coinciding, marching cubes' kind) is left to its neighbours.
+  needle = np.array([[0.30, 0.1], [0.3001, 0.1], [0.30, 0.9]])
+  assert len(texture.rasterize(needle, np.array([[0, 1, 2]]), 100)[0]) == 0
+
+
+def test_the_texel_under_each_vertex_holds_the_vertex_colour(sphere):
+  textured = texture.textured_mesh(sphere, smooth_color, 512)
+  rows, cols = texture.texel_of(textured.uv, 512)
+  np.testing.assert_allclose(textured.image[rows, cols] / 255.0, smooth_color(textured.vertices),
+                             atol=0.01)  # Vertices sharing a texel: the last one's colour.
 
 
 def test_a_shared_edge_keeps_each_texel_once():
@@ -66,10 +76,12 @@ def test_dilate_grows_one_ring_per_iteration():
 
 
 def sampled_at_vertices(mesh):
-  """The texture of a reloaded trimesh sampled at each vertex's UV, float [V, 3]."""
+  """The texture of a reloaded trimesh at each vertex's UV (glTF's nearest texel), float [V, 3]."""
   image = mesh.visual.material.baseColorTexture if hasattr(
       mesh.visual.material, 'baseColorTexture') else mesh.visual.material.image
-  return trimesh.visual.color.uv_to_color(mesh.visual.uv, image)[:, :3] / 255.0
+  image = np.asarray(image.convert('RGB'), np.float64) / 255.0
+  rows, cols = texture.texel_of(np.asarray(mesh.visual.uv), image.shape[0])
+  return image[rows, cols]
 
 
 def test_textured_files_reload_with_the_field_colour(sphere, tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 from configs import dreamfusion as dreamfusion_config
 from dreamfusion_jax import build
+from dreamfusion_jax import texture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -72,8 +73,9 @@ def restore(workdir):
 def texture_error(workdir):
   """Max |texture at each vertex's UV - the field's albedo there| of a run's mesh.glb and .obj.
 
-  Reloads both files with trimesh, samples the texture (nearest texel) at every vertex's UV and
-  compares it with the trained NeRF's albedo at the vertex (the newest checkpoint).
+  Reloads both files with trimesh, samples the texture at every vertex's UV (the nearest texel,
+  glTF's texel centres at (i + 0.5) / size) and compares it with the trained NeRF's albedo at the
+  vertex (the newest checkpoint).
 
   Returns:
     dict 'glb', 'obj' -> float, in [0, 1] colour units.
@@ -89,8 +91,10 @@ def texture_error(workdir):
   for fmt in ('glb', 'obj'):
     mesh = trimesh.load(pathlib.Path(workdir) / f'mesh.{fmt}', force='mesh')
     material = mesh.visual.material
-    image = getattr(material, 'baseColorTexture', None) or material.image
-    sampled = trimesh.visual.color.uv_to_color(mesh.visual.uv, image)[:, :3] / 255.0
+    image = np.asarray((getattr(material, 'baseColorTexture', None) or material.image).convert(
+        'RGB'), np.float64) / 255.0
+    rows, cols = texture.texel_of(np.asarray(mesh.visual.uv), image.shape[0])
+    sampled = image[rows, cols]
     truth = np.asarray(albedo(jnp.asarray(mesh.vertices, jnp.float32)))
     errors[fmt] = float(np.max(np.abs(sampled - truth)))
   return errors
