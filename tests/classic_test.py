@@ -20,9 +20,9 @@ def nerf_config(scene, **overrides):
 def test_short_fit_reaches_psnr(small_scene, tmp_path, capsys):
   workdir = tmp_path / 'run'
   metrics = train.train_and_evaluate(
-      nerf_config(small_scene, num_steps=150, batch_size=512, log_every=50), workdir)
+      nerf_config(small_scene, num_steps=100, batch_size=512, log_every=50), workdir)
   assert metrics == json.loads((workdir / 'metrics.json').read_text())
-  assert metrics['steps'] == 150
+  assert metrics['steps'] == 100
   assert metrics['seconds'] > 0
   assert len(metrics['test_psnr_per_view']) == 4
   assert metrics['test_psnr'] >= 22.0, metrics

@@ -13,14 +13,14 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_values(model_dir, **extra):
-  """Flattened overrides of configs/dreamfusion.py: 8x8 renders, a small NeRF, 6 steps."""
+  """Overrides of configs/dreamfusion.py: 8x8 renders, a small NeRF, 6 steps, small exports."""
   values = {
       'model': str(model_dir), 'model_dtype': 'float32', 'from_pt': False,
       'prompt': 'a red cube', 'num_steps': 6, 'batch_size': 1, 'checkpoint_every': 2,
       'log_every': 1, 'preview_every': 3, 'render.height': 8, 'render.width': 8,
       'render.num_samples': (8, 8), 'nerf.width': 16, 'nerf.num_blocks': 1, 'nerf.max_deg': 4,
       'shading.warmup_steps': 2, 'export.video_frames': 4, 'export.video_size': 16,
-      'export.mesh_resolution': 32, 'export.mesh_threshold': 10.0,
+      'export.mesh_resolution': 32, 'export.mesh_threshold': 10.0, 'export.texture_size': 512,
   }
   values.update(extra)
   return values
