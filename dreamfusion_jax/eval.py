@@ -47,8 +47,8 @@ W/eval.json holds prompt, iou, volume_iou, chamfer, shape_precision_geometry, co
 color_correct, r_precision,
 r_precision_geometry, r_precision_albedo, clip, num_captions, checkpoint_step, cameras
 {elevation_deg, azimuth_deg, distance, fov_deg, size}, views (one {azimuth_deg, elevation_deg,
-iou, rank, rank_geometry, rank_albedo, rank_shape, top_caption} per camera; rank 0 = the prompt retrieved
-first, top_caption from the colour render) and note (why a non-toy prompt's numbers are limited,
+iou, rank, rank_geometry, rank_albedo, rank_shape, top_caption} per camera; rank 0 = the prompt
+retrieved first, top_caption from the colour render) and note (why a non-toy prompt's numbers are limited,
 else null). W/eval_views.png shows the albedo and colour renders and, for toy prompts, the
 silhouettes compared (see view_strip).
 

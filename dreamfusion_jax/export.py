@@ -2,8 +2,8 @@
 
 `export_assets(run, workdir, params)` writes a run's turntable.mp4, mesh.glb and mesh.obj (+
 mesh.mtl, texture.png) with the albedo baked into a UV texture (texture.py), and mesh.ply with
-vertex colours (the end of every text-to-3D run); `python -m dreamfusion_jax.export --workdir W` does the same for
-the newest checkpoint of any run folder.
+vertex colours (the end of every text-to-3D run); `python -m dreamfusion_jax.export --workdir W`
+does the same for the newest checkpoint of any run folder.
 
 The mesh is the `threshold` level set of the NeRF density sampled on a regular grid over the cube
 [-bound, bound]^3 (world coordinates, world up +z as in `camera`). Its triangles wind

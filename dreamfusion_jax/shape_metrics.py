@@ -5,7 +5,8 @@ scored in 3D, not only through silhouettes:
 - `volume_iou`: the NeRF's occupancy (density >= the export's mesh threshold, inside the sphere
   the renderer samples) against the true solid's, both on the vertices of a GRID_RESOLUTION^3
   grid (the centres of 0.01 cells tiling [-0.45, 0.45]^3); |pred & true| / |pred | true|. On
-  it the true objects' own volumes are within 0.6% of their exact ones (tests/shape_metrics_test.py).
+  it the true objects' own volumes are within 0.6% of their exact ones
+  (tests/shape_metrics_test.py).
 - `chamfer`: the symmetric Chamfer distance between the exported surface (marching cubes of the
   density at the export's resolution and threshold) and the true surface (marching cubes of the
   true solid at TRUE_SURFACE_RESOLUTION^3), on NUM_SURFACE_POINTS area-weighted points of each:

@@ -123,6 +123,18 @@ def texel_of(uv, size):
   return rows, cols
 
 
+def texture_at_vertices(mesh):
+  """float64 [V, 3]: a textured trimesh's base colour at each vertex's UV (the nearest texel).
+
+  For a mesh reloaded from write_glb's or write_obj's files (PBR or simple material).
+  """
+  material = mesh.visual.material
+  image = getattr(material, 'baseColorTexture', None) or material.image
+  image = np.asarray(image.convert('RGB'), np.float64) / 255.0
+  rows, cols = texel_of(np.asarray(mesh.visual.uv), image.shape[0])
+  return image[rows, cols]
+
+
 def _texel_xy(uv, size):
   """UVs float [..., 2] as (x, y) in texel units: texel (r, c) has its centre at (c, r)."""
   return np.stack([uv[..., 0] * size - 0.5, (1.0 - uv[..., 1]) * size - 0.5], axis=-1)

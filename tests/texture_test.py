@@ -75,15 +75,6 @@ def test_dilate_grows_one_ring_per_iteration():
   assert mask.sum() == 25
 
 
-def sampled_at_vertices(mesh):
-  """The texture of a reloaded trimesh at each vertex's UV (glTF's nearest texel), float [V, 3]."""
-  image = mesh.visual.material.baseColorTexture if hasattr(
-      mesh.visual.material, 'baseColorTexture') else mesh.visual.material.image
-  image = np.asarray(image.convert('RGB'), np.float64) / 255.0
-  rows, cols = texture.texel_of(np.asarray(mesh.visual.uv), image.shape[0])
-  return image[rows, cols]
-
-
 def test_textured_files_reload_with_the_field_colour(sphere, tmp_path):
   paths = export.write_mesh(sphere, tmp_path, color_fn=smooth_color, texture_size=256,
                             max_faces=2000)
@@ -93,7 +84,7 @@ def test_textured_files_reload_with_the_field_colour(sphere, tmp_path):
   for fmt in ('glb', 'obj'):
     mesh = trimesh.load(paths[fmt], force='mesh')
     assert 0 < len(mesh.faces) <= 2000, fmt
-    error = np.abs(sampled_at_vertices(mesh) - smooth_color(mesh.vertices))
+    error = np.abs(texture.texture_at_vertices(mesh) - smooth_color(mesh.vertices))
     assert error.max() < 0.05, (fmt, error.max())
   ply = trimesh.load(paths['ply'], force='mesh')
   assert len(ply.faces) == len(sphere.faces)  # The PLY keeps every face.

@@ -7,6 +7,7 @@ import sys
 
 from configs import dreamfusion as dreamfusion_config
 from dreamfusion_jax import build
+from dreamfusion_jax import export
 from dreamfusion_jax import texture
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -80,21 +81,17 @@ def texture_error(workdir):
   Returns:
     dict 'glb', 'obj' -> float, in [0, 1] colour units.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import trimesh  # pylint: disable=g-import-not-at-top
   loaded = build.load_run(workdir)
   params = loaded.state.params['nerf']
-  albedo = jax.jit(lambda x: loaded.run.model.apply(params, x, jnp.zeros_like(x))[1])
+  _, albedo_fn = export.field_fns(loaded.run)
+  albedo = lambda x: albedo_fn(params, x)
   errors = {}
   for fmt in ('glb', 'obj'):
     mesh = trimesh.load(pathlib.Path(workdir) / f'mesh.{fmt}', force='mesh')
-    material = mesh.visual.material
-    image = np.asarray((getattr(material, 'baseColorTexture', None) or material.image).convert(
-        'RGB'), np.float64) / 255.0
-    rows, cols = texture.texel_of(np.asarray(mesh.visual.uv), image.shape[0])
-    sampled = image[rows, cols]
+    sampled = texture.texture_at_vertices(mesh)
     truth = np.asarray(albedo(jnp.asarray(mesh.vertices, jnp.float32)))
     errors[fmt] = float(np.max(np.abs(sampled - truth)))
   return errors
